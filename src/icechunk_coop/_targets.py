@@ -1,0 +1,85 @@
+"""Where a job writes: one primary Icechunk repo, Icechunk replicas, plain zarr v3 stores.
+
+The primary decides what work remains for the next run, so it is committed
+last: a failure between targets leaves the primary behind, never ahead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import icechunk
+import zarr.abc.store
+
+from icechunk_coop._errors import ConfigurationError
+from icechunk_coop._rendezvous import normalise_url
+from icechunk_coop._storage import icechunk_storage
+
+__all__ = ["IcechunkTarget", "Stores", "ZarrTarget"]
+
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _check_target_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _TARGET_NAME.match(value):
+        raise ConfigurationError(
+            f"target {attribute.name}={value!r} must be 1-64 letters, digits, '_' or '-'"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class IcechunkTarget:
+    """An Icechunk repository and the branch the job commits to.
+
+    ``storage`` is what every worker opens; build it with
+    :func:`icechunk_coop.icechunk_storage` (credentials from the
+    environment) so that no static key ever rides inside a session.
+    """
+
+    name: str = attrs.field(validator=_check_target_name)
+    storage: icechunk.Storage = attrs.field(repr=False)
+    branch: str = "main"
+    config: icechunk.RepositoryConfig | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, name: str = "primary", branch: str = "main") -> IcechunkTarget:
+        return cls(name=name, storage=icechunk_storage(url), branch=branch)
+
+    def open(self, *, create: bool) -> icechunk.Repository:
+        """Open the repository; only the setup worker may ``create`` it."""
+        if create:
+            return icechunk.Repository.open_or_create(self.storage, config=self.config)
+        return icechunk.Repository.open(self.storage, config=self.config)
+
+
+@attrs.frozen(kw_only=True)
+class ZarrTarget:
+    """A plain zarr v3 store (no transactions).
+
+    Workers write chunks straight into it; every ``zarr.json`` written during
+    the job is held back and written by the last worker, coordinates first,
+    so readers see the new data appear at once rather than a shape that
+    promises chunks not yet written.
+    """
+
+    name: str = attrs.field(validator=_check_target_name)
+    url: str = attrs.field(converter=normalise_url)
+    storage_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+Target = IcechunkTarget | ZarrTarget
+
+
+@attrs.frozen(kw_only=True)
+class Stores:
+    """The zarr stores a worker writes into: the primary and the replicas, in order."""
+
+    primary: zarr.abc.store.Store
+    replicas: tuple[zarr.abc.store.Store, ...] = ()
+
+    @property
+    def all(self) -> tuple[zarr.abc.store.Store, ...]:
+        return (self.primary, *self.replicas)

@@ -1,0 +1,653 @@
+"""The cooperative-write protocol: N workers, one atomic, conflict-checked commit.
+
+The flow (one job, N workers, every step idempotent)::
+
+    worker 0          prepare: create a job branch at the target's tip S0, fork
+                      a clean session M on it, let the user make structural
+                      changes in M (create, resize), fork W from M, publish
+                      SETUP = {S0, M, W} once (put-if-absent).
+    every worker      wait for SETUP, write its chunks into its copy of W,
+                      publish RESULT[i] = {its W, its JSON result}.
+    worker N-1        wait for all RESULT; open a session on the job branch
+                      reset to S0 (the forks' own base), merge M and every W,
+                      write final metadata, rebase over whatever landed on the
+                      target since S0 with conflict detection (every target
+                      first), then commit replicas and, last, the primary,
+                      each by compare-and-set of the target branch.
+
+Why so: merging into a session opened *after* another writer committed
+silently overwrites that writer's changes (see RESEARCH.md, "the
+silent-overwrite trap"). Merging on S0 and rebasing with
+``ConflictDetector`` is what turns that into either a clean rebase or an
+error. Each commit carries the job id in its metadata, which is how a
+restarted finalizer knows what it already did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+import icechunk
+
+from icechunk_coop._errors import (
+    CommitConflictError,
+    ConfigurationError,
+    ForeignResultError,
+    WorkersTotalMismatchError,
+)
+from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop._payload import Sealer
+from icechunk_coop._rendezvous import Rendezvous
+from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
+from icechunk_coop._waiting import WaitPolicy
+from icechunk_coop._zarr_staging import StagedMetadataStore, open_zarr_store, publish_staged
+
+__all__ = [
+    "COMMITTED",
+    "SETUP",
+    "CooperativeJob",
+    "Forks",
+    "Merged",
+    "WorkerOutcome",
+    "get_forked_session",
+    "get_merged_sessions",
+    "is_first_worker",
+    "is_last_worker",
+    "job_branch_name",
+    "result_name",
+]
+
+log = logging.getLogger(__name__)
+
+SETUP = "setup"
+COMMITTED = "committed"
+METADATA_KEY = "icechunk_coop"
+_ANCESTRY_SCAN = 500
+
+Prepare = Callable[[Stores], None]
+Work = Callable[[Stores], Any]
+Finalize = Callable[[Stores, list[Any]], None]
+
+
+def is_first_worker(identity: WorkerIdentity) -> bool:
+    """Worker 0 prepares the job (structural changes, the fork everyone writes into)."""
+    return identity.is_first
+
+
+def is_last_worker(identity: WorkerIdentity) -> bool:
+    """The highest index merges and commits: with parallelism < completions it starts last."""
+    return identity.is_last
+
+
+def result_name(index: int) -> str:
+    """The rendezvous name of worker ``index``'s result."""
+    return f"result-{index}"
+
+
+def job_branch_name(job_id: str) -> str:
+    """The temporary branch a job's forks are based on (deleted after the commit)."""
+    return f"icechunk-coop/{job_id}"
+
+
+def _summary(exc: BaseException) -> str:
+    last = traceback.format_exception_only(exc)[-1].strip()
+    return last[:1500]
+
+
+def _jsonable(result: Any, index: int) -> Any:
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"worker {index}'s result is not JSON-serialisable ({exc}); return plain "
+            "dicts, lists, strings and numbers"
+        ) from exc
+    return result
+
+
+@attrs.frozen(kw_only=True)
+class Forks:
+    """What a worker writes into: one fork per Icechunk target, a staging store per zarr one."""
+
+    setup: Mapping[str, Any] = attrs.field(repr=False)
+    sessions: Mapping[str, icechunk.ForkSession] = attrs.field(repr=False)
+    zarr_stores: Mapping[str, StagedMetadataStore] = attrs.field(repr=False)
+    stores: Stores
+
+
+@attrs.frozen(kw_only=True)
+class Merged:
+    """The last worker's view: merged writable sessions and every worker's result."""
+
+    sessions: Mapping[str, icechunk.Session] = attrs.field(repr=False)
+    repos: Mapping[str, icechunk.Repository] = attrs.field(repr=False)
+    zarr_stores: Mapping[str, StagedMetadataStore] = attrs.field(repr=False)
+    stores: Stores
+    results: list[Any]
+
+
+@attrs.frozen(kw_only=True)
+class WorkerOutcome:
+    """What one worker did: its result, and for the last worker the snapshots committed."""
+
+    job_id: str
+    worker_index: int
+    status: Literal["published", "committed", "already-committed"]
+    result: Any = None
+    snapshots: Mapping[str, str] = attrs.field(factory=dict)
+    seconds: Mapping[str, float] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class CooperativeJob:
+    """One worker's handle on a cooperative write.
+
+    ``primary`` is committed last; ``replicas`` (Icechunk or plain zarr v3)
+    before it, in the order given. ``cleanup`` removes the job's rendezvous
+    blobs after the commit (a small ``committed`` marker stays so a late
+    retry finds the job done; ``icechunk-coop clean`` removes those).
+    """
+
+    identity: WorkerIdentity
+    rendezvous: Rendezvous
+    primary: IcechunkTarget
+    replicas: tuple[Target, ...] = ()
+    cleanup: bool = True
+    commit_attempts: int = 3
+
+    def __attrs_post_init__(self) -> None:
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"target names must be unique, got {names}")
+        if self.rendezvous.job_id != self.identity.job_id:
+            raise ConfigurationError(
+                f"rendezvous is for job {self.rendezvous.job_id!r}, "
+                f"identity says {self.identity.job_id!r}"
+            )
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        rendezvous_url: str,
+        primary: IcechunkTarget,
+        replicas: Sequence[Target] = (),
+        storage_options: Mapping[str, Any] | None = None,
+        policy: WaitPolicy | None = None,
+        environ: Mapping[str, str] | None = None,
+        cleanup: bool = True,
+    ) -> CooperativeJob:
+        """Identity and secret from the orchestrator's environment."""
+        identity = WorkerIdentity.from_env(environ)
+        rendezvous = Rendezvous.for_job(
+            rendezvous_url,
+            job_id=identity.job_id,
+            sealer=Sealer.from_env(identity.job_id, environ),
+            storage_options=storage_options,
+            policy=policy,
+        )
+        return cls(
+            identity=identity,
+            rendezvous=rendezvous,
+            primary=primary,
+            replicas=tuple(replicas),
+            cleanup=cleanup,
+        )
+
+    # ---- small facts --------------------------------------------------------
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """Commit order: replicas first, the primary last."""
+        return (*self.replicas, self.primary)
+
+    @property
+    def job_id(self) -> str:
+        return self.identity.job_id
+
+    @property
+    def _solo(self) -> bool:
+        # One worker needs no meeting point at all.
+        return self.identity.workers_total == 1
+
+    def _where(self) -> str:
+        i = self.identity
+        return f"job {self.job_id!r} worker {i.worker_index}/{i.workers_total}"
+
+    def _find_job_commit(
+        self, repo: icechunk.Repository, branch: str, stop_at: str | None
+    ) -> str | None:
+        """The snapshot on ``branch`` that this job committed, if any (newest first)."""
+        for n, info in enumerate(repo.ancestry(branch=branch)):
+            meta = (info.metadata or {}).get(METADATA_KEY) or {}
+            if isinstance(meta, dict) and meta.get("job") == self.job_id:
+                return str(info.id)
+            if info.id == stop_at or n >= _ANCESTRY_SCAN:
+                return None
+        return None
+
+    def is_committed(self) -> bool:
+        """True when this job's commit is already on the primary (a late retry)."""
+        if not self._solo and self.rendezvous.read(COMMITTED) is not None:
+            return True
+        try:
+            repo = self.primary.open(create=False)
+        except icechunk.IcechunkError:
+            return False  # no repository yet: nothing can have been committed
+        return self._find_job_commit(repo, self.primary.branch, None) is not None
+
+    # ---- step 1: setup (worker 0) and loading it (everyone) ------------------
+
+    def _prepare_setup(self, prepare: Prepare | None) -> dict[str, Any]:
+        token = uuid.uuid4().hex
+        branch = job_branch_name(self.job_id)
+        prepared: dict[str, icechunk.ForkSession] = {}
+        staging: dict[str, StagedMetadataStore] = {}
+        state: dict[str, dict[str, Any]] = {}
+        for target in self.targets:
+            if isinstance(target, ZarrTarget):
+                staging[target.name] = StagedMetadataStore(open_zarr_store(target))
+                continue
+            repo = target.open(create=True)
+            base = repo.lookup_branch(target.branch)
+            if branch in repo.list_branches():
+                repo.reset_branch(branch, base)
+            else:
+                repo.create_branch(branch, base)
+            prepared[target.name] = repo.writable_session(branch).fork()
+            state[target.name] = {"kind": "icechunk", "base": base}
+        stores = self._stores({**{k: v.store for k, v in prepared.items()}, **staging})
+        if prepare is not None:
+            log.info("%s: preparing (structural changes)", self._where())
+            prepare(stores)
+        for name, fork in prepared.items():
+            state[name]["prepared"] = fork
+            state[name]["fork"] = fork.fork()
+        for name, store in staging.items():
+            state[name] = {"kind": "zarr", "metadata": dict(store.staged)}
+        return {
+            "token": token,
+            "job": self.job_id,
+            "workers_total": self.identity.workers_total,
+            "branch": branch,
+            "targets": state,
+            "created": time.time(),
+        }
+
+    def _stores(self, by_name: Mapping[str, Any]) -> Stores:
+        return Stores(
+            primary=by_name[self.primary.name],
+            replicas=tuple(by_name[t.name] for t in self.replicas),
+        )
+
+    def _check_total(self, setup: Mapping[str, Any]) -> None:
+        if setup["workers_total"] != self.identity.workers_total:
+            raise WorkersTotalMismatchError(
+                job=self.job_id,
+                worker_index=self.identity.worker_index,
+                expected=setup["workers_total"],
+                got=self.identity.workers_total,
+            )
+
+    def setup(self, prepare: Prepare | None = None) -> Mapping[str, Any]:
+        """Worker 0 publishes the job's setup once; everyone else waits for it.
+
+        A restarted worker 0 reuses a published setup (and so its base
+        snapshot): it never re-forks from a branch that moved meanwhile.
+        """
+        if self.identity.is_first:
+            existing = None if self._solo else self.rendezvous.read(SETUP)
+            if existing is not None:
+                log.info("%s: reusing the setup already published", self._where())
+                setup = existing
+            else:
+                setup = self._prepare_setup(prepare)
+                if not self._solo:
+                    won, setup = self.rendezvous.publish_once(SETUP, setup, content="pickle")
+                    if not won:
+                        log.info("%s: another copy of worker 0 published first", self._where())
+            if not self._solo:
+                self.rendezvous.clear_failure(SETUP)
+        else:
+            setup = self.rendezvous.wait_for(SETUP)
+        self._check_total(setup)
+        if setup.get("job") != self.job_id:  # sealed frames already check this; belt and braces
+            raise ConfigurationError(f"setup belongs to job {setup.get('job')!r}")
+        return dict(setup)
+
+    def forks(self, setup: Mapping[str, Any]) -> Forks:
+        """This worker's own copy of every target to write into."""
+        sessions: dict[str, icechunk.ForkSession] = {}
+        zarr_stores: dict[str, StagedMetadataStore] = {}
+        for target in self.targets:
+            state = setup["targets"][target.name]
+            if isinstance(target, ZarrTarget):
+                zarr_stores[target.name] = StagedMetadataStore(
+                    open_zarr_store(target), dict(state["metadata"])
+                )
+            else:
+                # A private copy: the setup dict may be shared within a process.
+                sessions[target.name] = state["fork"].fork()
+        stores = self._stores({**{k: v.store for k, v in sessions.items()}, **zarr_stores})
+        return Forks(setup=setup, sessions=sessions, zarr_stores=zarr_stores, stores=stores)
+
+    # ---- step 2: publish a worker's result -----------------------------------
+
+    def _result_blob(self, forks: Forks, result: Any) -> dict[str, Any]:
+        return {
+            "token": forks.setup["token"],
+            "index": self.identity.worker_index,
+            "workers_total": self.identity.workers_total,
+            "forks": dict(forks.sessions),
+            "result": _jsonable(result, self.identity.worker_index),
+        }
+
+    def publish_result(self, forks: Forks, result: Any) -> None:
+        """Publish this worker's fork(s) and result, replacing an earlier attempt's."""
+        blob = self._result_blob(forks, result)
+        if not self._solo:
+            self.rendezvous.publish(result_name(self.identity.worker_index), blob, content="pickle")
+            self.rendezvous.clear_failure(result_name(self.identity.worker_index))
+        log.info("%s: published its result", self._where())
+
+    # ---- step 3: merge and commit (last worker) --------------------------------
+
+    def collect_results(self, setup: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Wait for every worker's result and refuse any that is not of this setup."""
+        total = self.identity.workers_total
+        blobs = self.rendezvous.wait_for_all([result_name(i) for i in range(total)])
+        results = []
+        for index in range(total):
+            blob = blobs[result_name(index)]
+            if blob.get("index") != index:
+                raise ForeignResultError(
+                    job=self.job_id, worker_index=index, reason=f"it says index {blob['index']}"
+                )
+            if blob.get("workers_total") != total:
+                raise WorkersTotalMismatchError(
+                    job=self.job_id, worker_index=index, expected=total, got=blob["workers_total"]
+                )
+            if blob.get("token") != setup["token"]:
+                raise ForeignResultError(
+                    job=self.job_id,
+                    worker_index=index,
+                    reason="it was written against another setup of this job "
+                    f"(setup {blob.get('token')!r}, current {setup['token']!r})",
+                )
+            missing = {t.name for t in self.targets if isinstance(t, IcechunkTarget)} - set(
+                blob["forks"]
+            )
+            if missing:
+                raise ForeignResultError(
+                    job=self.job_id,
+                    worker_index=index,
+                    reason=f"it has no fork for target(s) {', '.join(sorted(missing))}",
+                )
+            results.append(blob)
+        return results
+
+    def merge(self, setup: Mapping[str, Any], blobs: Sequence[Mapping[str, Any]]) -> Merged:
+        """Merge every fork into a writable session based on the forks' own base."""
+        sessions: dict[str, icechunk.Session] = {}
+        repos: dict[str, icechunk.Repository] = {}
+        zarr_stores: dict[str, StagedMetadataStore] = {}
+        branch = setup["branch"]
+        for target in self.targets:
+            state = setup["targets"][target.name]
+            if isinstance(target, ZarrTarget):
+                zarr_stores[target.name] = StagedMetadataStore(
+                    open_zarr_store(target), dict(state["metadata"])
+                )
+                continue
+            repo = target.open(create=False)
+            if branch in repo.list_branches():
+                repo.reset_branch(branch, state["base"])
+            else:
+                repo.create_branch(branch, state["base"])
+            session = repo.writable_session(branch)
+            if session.snapshot_id != state["base"]:  # pragma: no cover - reset just did this
+                raise ConfigurationError(f"job branch {branch!r} is not at the setup's base")
+            session.merge(state["prepared"], *[b["forks"][target.name] for b in blobs])
+            sessions[target.name], repos[target.name] = session, repo
+        stores = self._stores({**{k: v.store for k, v in sessions.items()}, **zarr_stores})
+        return Merged(
+            sessions=sessions,
+            repos=repos,
+            zarr_stores=zarr_stores,
+            stores=stores,
+            results=[b["result"] for b in blobs],
+        )
+
+    def _provenance(
+        self, target: IcechunkTarget, session: icechunk.Session, base: str, token: str
+    ) -> dict[str, Any]:
+        diff = session.status()
+        i = self.identity
+        return {
+            METADATA_KEY: {
+                "job": self.job_id,
+                "job_name": i.job_name,
+                "job_uid": i.job_uid,
+                "job_start": i.job_start.isoformat() if i.job_start else None,
+                "workers": i.workers_total,
+                "setup": token,
+                "target": target.name,
+                "base": base,
+                "written": {
+                    "chunks": {p: len(c) for p, c in sorted(diff.updated_chunks.items())},
+                    "new_arrays": sorted(diff.new_arrays),
+                    "updated_arrays": sorted(diff.updated_arrays),
+                    "new_groups": sorted(diff.new_groups),
+                    "updated_groups": sorted(diff.updated_groups),
+                },
+            }
+        }
+
+    def _done_targets(self, setup: Mapping[str, Any], merged: Merged) -> dict[str, str]:
+        done: dict[str, str] = {}
+        for target in self.targets:
+            if isinstance(target, ZarrTarget):
+                if not self._solo and self.rendezvous.read(f"{COMMITTED}-{target.name}"):
+                    done[target.name] = "zarr"
+                continue
+            base = setup["targets"][target.name]["base"]
+            found = self._find_job_commit(merged.repos[target.name], target.branch, base)
+            if found:
+                done[target.name] = found
+        return done
+
+    def _commit_once(
+        self, setup: Mapping[str, Any], merged: Merged, message: str
+    ) -> tuple[dict[str, str], bool]:
+        """One attempt. Returns (snapshots by target, finished)."""
+        done = self._done_targets(setup, merged)
+        pending = [t for t in self.targets if t.name not in done]
+        if done:
+            log.info("%s: already committed: %s", self._where(), ", ".join(done))
+        # Check every target before committing any: a conflict on the primary must
+        # not leave replicas holding this job's data.
+        tips: dict[str, str] = {}
+        for target in pending:
+            if not isinstance(target, IcechunkTarget):
+                continue
+            repo, session = merged.repos[target.name], merged.sessions[target.name]
+            base = setup["targets"][target.name]["base"]
+            tip = repo.lookup_branch(target.branch)
+            if tip != base:
+                log.info("%s: %s moved since setup; rebasing", self._where(), target.name)
+                repo.reset_branch(setup["branch"], tip)
+                try:
+                    session.rebase(icechunk.ConflictDetector())
+                except icechunk.RebaseFailedError as exc:
+                    raise CommitConflictError(
+                        job=self.job_id,
+                        target=target.name,
+                        conflicts=[str(c) for c in exc.conflicts] or [str(exc)],
+                        committed=sorted(done),
+                    ) from exc
+            tips[target.name] = tip
+        for target in pending:
+            if isinstance(target, ZarrTarget):
+                staged = merged.zarr_stores[target.name]
+                keys = publish_staged(staged.wrapped, staged.staged)
+                if not self._solo:
+                    self.rendezvous.publish(f"{COMMITTED}-{target.name}", {"keys": keys})
+                done[target.name] = "zarr"
+                log.info("%s: wrote %d zarr.json to %s", self._where(), len(keys), target.name)
+                continue
+            repo, session = merged.repos[target.name], merged.sessions[target.name]
+            base = setup["targets"][target.name]["base"]
+            metadata = self._provenance(target, session, base, setup["token"])
+            snapshot = session.commit(
+                f"{message} [job {self.job_id}, {self.identity.workers_total} workers]",
+                metadata=metadata,
+                allow_empty=True,
+            )
+            try:
+                repo.reset_branch(target.branch, snapshot, from_snapshot_id=tips[target.name])
+            except icechunk.ConflictError:
+                log.warning(
+                    "%s: %s moved while committing; trying again", self._where(), target.name
+                )
+                return done, False
+            done[target.name] = snapshot
+            log.info("%s: committed %s as %s", self._where(), target.name, snapshot)
+        return done, True
+
+    def commit(
+        self,
+        setup: Mapping[str, Any],
+        blobs: Sequence[Mapping[str, Any]],
+        *,
+        message: str,
+        finalize: Finalize | None = None,
+    ) -> dict[str, str]:
+        """Merge, finalize and commit every target that does not hold this job yet.
+
+        Replicas first, the primary last; a target already holding this job's
+        commit (a restarted finalizer) is left alone. If a target moves between
+        the rebase and the compare-and-set, the merge is rebuilt and tried again.
+        """
+        for attempt in range(1, self.commit_attempts + 1):
+            merged = self.merge(setup, blobs)
+            if finalize is not None:
+                finalize(merged.stores, merged.results)
+            snapshots, finished = self._commit_once(setup, merged, message)
+            if finished:
+                self._after_commit(setup, snapshots)
+                return snapshots
+            log.info("%s: commit attempt %d did not land", self._where(), attempt)
+        raise CommitConflictError(
+            job=self.job_id,
+            target="(branch kept moving)",
+            conflicts=[f"the target branch moved during each of {self.commit_attempts} attempts"],
+            committed=[],
+        )
+
+    def _after_commit(self, setup: Mapping[str, Any], snapshots: Mapping[str, str]) -> None:
+        for target in self.targets:
+            if isinstance(target, IcechunkTarget):
+                try:
+                    target.open(create=False).delete_branch(setup["branch"])
+                except icechunk.IcechunkError as exc:  # already gone: fine
+                    log.debug("deleting %s: %s", setup["branch"], exc)
+        if self._solo:
+            return
+        if self.cleanup:
+            self.rendezvous.remove_all()
+        self.rendezvous.publish(COMMITTED, {"snapshots": dict(snapshots), "at": time.time()})
+
+    # ---- the one call per worker ---------------------------------------------
+
+    def run(
+        self,
+        *,
+        work: Work,
+        message: str,
+        prepare: Prepare | None = None,
+        finalize: Finalize | None = None,
+    ) -> WorkerOutcome:
+        """Do this worker's part of the job, whatever its index.
+
+        ``prepare(stores)`` runs on worker 0 only: create arrays, grow the
+        append dimension. ``work(stores)`` runs on every worker, writes chunks
+        only, and returns a JSON-serialisable result. ``finalize(stores,
+        results)`` runs on the last worker after the merge, with every result
+        in index order: write final metadata there.
+        """
+        i = self.identity
+        seconds: dict[str, float] = {}
+        started = time.monotonic()
+        if self.is_committed():
+            log.info("%s: the job already committed; nothing to do", self._where())
+            return WorkerOutcome(
+                job_id=self.job_id, worker_index=i.worker_index, status="already-committed"
+            )
+        setup_published = False
+        try:
+            setup = self.setup(prepare)
+            setup_published = True
+            seconds["setup"] = time.monotonic() - started
+            forks = self.forks(setup)
+            t = time.monotonic()
+            result = work(forks.stores)
+            seconds["work"] = time.monotonic() - t
+            if not i.is_last:
+                self.publish_result(forks, result)
+                return WorkerOutcome(
+                    job_id=self.job_id,
+                    worker_index=i.worker_index,
+                    status="published",
+                    result=result,
+                    seconds=seconds,
+                )
+            own = self._result_blob(forks, result)
+            if self._solo:
+                blobs = [own]
+            else:
+                self.publish_result(forks, result)
+                t = time.monotonic()
+                blobs = self.collect_results(setup)
+                seconds["wait"] = time.monotonic() - t
+            t = time.monotonic()
+            snapshots = self.commit(setup, blobs, message=message, finalize=finalize)
+            seconds["commit"] = time.monotonic() - t
+        except Exception as exc:
+            if not self._solo:
+                self._report_failure(exc, setup_published)
+            raise
+        return WorkerOutcome(
+            job_id=self.job_id,
+            worker_index=i.worker_index,
+            status="committed",
+            result=result,
+            snapshots=snapshots,
+            seconds=seconds,
+        )
+
+    def _report_failure(self, exc: BaseException, setup_published: bool) -> None:
+        summary = _summary(exc)
+        log.error("%s failed: %s", self._where(), summary)
+        try:
+            self.rendezvous.mark_failed(result_name(self.identity.worker_index), summary)
+            if self.identity.is_first and not setup_published:
+                self.rendezvous.mark_failed(SETUP, summary)
+        except Exception as marker_exc:  # the original error matters more
+            log.warning("could not publish the failure marker: %s", marker_exc)
+
+
+def get_forked_session(job: CooperativeJob, prepare: Prepare | None = None) -> Forks:
+    """Worker 0 prepares and publishes the setup; the others wait and load it."""
+    return job.forks(job.setup(prepare))
+
+
+def get_merged_sessions(job: CooperativeJob, forks: Forks) -> Merged:
+    """On the last worker: wait for every result and merge them (nothing committed)."""
+    return job.merge(forks.setup, job.collect_results(forks.setup))

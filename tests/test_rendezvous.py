@@ -1,0 +1,254 @@
+"""One rendezvous suite, run against memory, local files, S3 (moto) and GCS (fake-gcs-server)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from icechunk_coop import (
+    ConfigurationError,
+    ForeignPayloadError,
+    PayloadAuthenticationError,
+    PayloadError,
+    PayloadFormatError,
+    Rendezvous,
+    Sealer,
+    WaitPolicy,
+    WaitTimeoutError,
+    WorkerFailedError,
+    normalise_url,
+)
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+FAST = WaitPolicy(timeout=1.0, initial_interval=0.05, max_interval=0.2)
+
+
+@pytest.fixture(params=["memory", "local", "s3", "gcs"])
+def root_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    if request.param == "memory":
+        return f"memory://rv-{uuid.uuid4().hex[:8]}"
+    if request.param == "local":
+        return str(tmp_path / "rendezvous")
+    if request.param == "s3":
+        request.getfixturevalue("s3_env")
+        return f"s3://{request.getfixturevalue('s3_bucket')}/rendezvous"
+    for key, value in request.getfixturevalue("gcs_server").env.items():
+        monkeypatch.setenv(key, value)
+    return f"gs://{request.getfixturevalue('gcs_bucket')}/rendezvous"
+
+
+def make(root_url: str, job_id: str = "job-1", policy: WaitPolicy = FAST) -> Rendezvous:
+    return Rendezvous.for_job(
+        root_url, job_id=job_id, sealer=Sealer(job_id=job_id, secret=SECRET), policy=policy
+    )
+
+
+def test_publish_read_replace(root_url: str) -> None:
+    rv = make(root_url)
+    assert rv.read("result-0") is None
+    rv.publish("result-0", {"v": 1})
+    assert rv.read("result-0") == {"v": 1}
+    rv.publish("result-0", {"v": 2})  # a re-run replaces its own blob whole
+    assert rv.read("result-0") == {"v": 2}
+    assert rv.arrived() == {"result-0"}
+
+
+def test_publish_once_first_wins(root_url: str) -> None:
+    a, b = make(root_url), make(root_url)
+    assert a.publish_once("setup", "from-a") == (True, "from-a")
+    assert b.publish_once("setup", "from-b") == (False, "from-a")
+    assert b.read("setup") == "from-a"
+
+
+def test_listing_cache_trap(root_url: str) -> None:
+    """A blob that appears after a negative probe is seen by the same instance."""
+    waiter, writer = make(root_url), make(root_url)
+    writer.publish("other", 0)
+    assert waiter.arrived() == {"other"}
+    assert waiter.read("late") is None
+    writer.publish("late", "here")
+    assert waiter.arrived() == {"other", "late"}
+    assert waiter.read("late") == "here"
+    assert waiter.wait_for("late") == "here"
+
+
+def test_wait_for_all_returns_everything(root_url: str) -> None:
+    rv = make(root_url)
+    for i in range(3):
+        rv.publish(f"result-{i}", i)
+    assert rv.wait_for_all([f"result-{i}" for i in range(3)]) == {
+        "result-0": 0,
+        "result-1": 1,
+        "result-2": 2,
+    }
+
+
+def test_timeout_names_the_missing(root_url: str) -> None:
+    rv = make(root_url)
+    rv.publish("result-1", 1)
+    with pytest.raises(WaitTimeoutError) as info:
+        rv.wait_for_all(["result-0", "result-1", "result-2"])
+    err = info.value
+    assert err.missing == ["result-0", "result-2"]
+    assert err.expected == 3
+    assert err.waited_seconds >= FAST.timeout * 0.5
+    assert "result-0, result-2" in str(err)
+    assert rv.url in str(err)
+    with pytest.raises(WaitTimeoutError, match="setup"):
+        rv.wait_for("setup")
+
+
+def test_failure_marker_stops_waiters(root_url: str) -> None:
+    # A long deadline: only the marker can end these waits with WorkerFailedError.
+    rv = make(root_url, policy=WaitPolicy(timeout=120, initial_interval=0.05, max_interval=0.2))
+    rv.mark_failed("result-2", "ValueError: no source files")
+    with pytest.raises(WorkerFailedError, match="no source files") as info:
+        rv.wait_for_all(["result-0", "result-1", "result-2"])
+    assert info.value.failures == {"result-2": "ValueError: no source files"}
+    rv.mark_failed("setup", "worker 0 crashed")
+    with pytest.raises(WorkerFailedError, match="worker 0 crashed"):
+        rv.wait_for("setup")
+    rv.clear_failure("setup")
+    rv.publish("setup", "ok")
+    assert rv.wait_for("setup") == "ok"
+
+
+def test_a_published_blob_outranks_an_old_failure_marker(root_url: str) -> None:
+    rv = make(root_url)
+    rv.mark_failed("result-0", "first attempt died")
+    rv.publish("result-0", "second attempt")
+    assert rv.wait_for_all(["result-0"]) == {"result-0": "second attempt"}
+
+
+def _plant(rv: Rendezvous, name: str, data: bytes) -> None:
+    rv._put(name, data)
+
+
+def test_planted_malicious_pickle_is_refused(root_url: str, tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (Path.touch, (canary,))
+
+    rv = make(root_url)
+    _plant(rv, "setup", pickle.dumps(Boom()))
+    with pytest.raises(PayloadFormatError):
+        rv.read("setup")
+    with pytest.raises(PayloadFormatError):
+        rv.wait_for("setup")
+    assert not canary.exists()
+
+
+def test_tampered_truncated_and_foreign_blobs_are_refused(root_url: str) -> None:
+    rv = make(root_url)
+    rv.publish("result-0", {"files": ["a"]})
+    good = rv._get("result-0")
+    assert good is not None
+    _plant(rv, "result-0", good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(PayloadAuthenticationError):
+        rv.read("result-0")
+    _plant(rv, "result-0", good[: len(good) // 2])
+    with pytest.raises(PayloadError):
+        rv.read("result-0")
+    other = make(root_url, job_id="job-2")
+    _plant(rv, "result-0", other.sealer.seal({"x": 1}, name="result-0", content="json"))
+    with pytest.raises(ForeignPayloadError, match="job-2"):
+        rv.read("result-0")
+
+
+def test_jobs_are_isolated(root_url: str) -> None:
+    a, b = make(root_url, "job-a"), make(root_url, "job-b")
+    a.publish("setup", "a")
+    assert b.read("setup") is None
+    assert b.arrived() == set()
+
+
+def test_remove_all(root_url: str) -> None:
+    rv = make(root_url)
+    rv.publish("setup", 1)
+    rv.mark_failed("result-0", "x")
+    rv.remove_all()
+    assert rv.arrived() == set()
+    rv.remove_all()  # idempotent
+
+
+def test_requests_are_counted(root_url: str) -> None:
+    rv = make(root_url)
+    rv.publish("setup", 1)
+    rv.wait_for("setup")
+    assert rv.requests.counts["put"] == 1
+    assert rv.requests.counts["get"] == 1
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from icechunk_coop import Rendezvous, Sealer, WaitPolicy
+    index, total = int(os.environ["WORKER_INDEX"]), int(os.environ["WORKERS_TOTAL"])
+    job = os.environ["JOB_NAME"]
+    rv = Rendezvous.for_job(sys.argv[1], job_id=job, sealer=Sealer.from_env(job),
+                            policy=WaitPolicy(timeout=60, initial_interval=0.05, max_interval=0.5))
+    if index == 0:
+        rv.publish_once("setup", {"base": "S0"})
+    setup = rv.wait_for("setup")
+    rv.publish(f"result-{index}", {"index": index, "base": setup["base"]})
+    if index == total - 1:
+        got = rv.wait_for_all([f"result-{i}" for i in range(total)])
+        assert [v["index"] for v in got.values()] == list(range(total)), got
+        print("ALL", len(got))
+    """
+)
+
+
+def test_real_processes_meet(root_url: str) -> None:
+    if root_url.startswith("memory://"):
+        pytest.skip("memory:// is one process by definition")
+    total = 4
+    procs = []
+    # Start the last worker first: it must wait for the others, not find them done.
+    for index in reversed(range(total)):
+        env = {
+            **os.environ,
+            "WORKER_INDEX": str(index),
+            "WORKERS_TOTAL": str(total),
+            "JOB_NAME": "proc-job",
+            "ICECHUNK_COOP_SECRET": SECRET.decode(),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, root_url],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    assert "ALL 4" in outputs[0][0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "ftp://host/x", "s3://", "gs:///prefix", "s3://b/p?x=1", "s3://b/../p", "c:relative"],
+)
+def test_malformed_urls_are_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="URL"):
+        normalise_url(url)
+
+
+@pytest.mark.parametrize("job_id", ["../escape", "a/b", "", ".hidden", "x y"])
+def test_unsafe_job_ids_are_refused(job_id: str) -> None:
+    with pytest.raises(ConfigurationError, match="unsafe"):
+        Rendezvous.for_job("memory://x", job_id=job_id, sealer=Sealer(job_id=job_id, secret=SECRET))
