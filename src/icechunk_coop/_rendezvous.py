@@ -34,6 +34,7 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -45,7 +46,7 @@ from icechunk_coop._errors import ConfigurationError, WaitTimeoutError, WorkerFa
 from icechunk_coop._payload import Content, Sealer
 from icechunk_coop._waiting import WaitPolicy, poll_until
 
-__all__ = ["FAILED_SUFFIX", "Rendezvous", "normalise_url"]
+__all__ = ["FAILED_SUFFIX", "JobListing", "Rendezvous", "list_jobs", "normalise_url"]
 
 log = logging.getLogger(__name__)
 
@@ -409,3 +410,73 @@ class Rendezvous:
 
         log.info("waiting for %d blobs at %s", len(wanted), self.url)
         return poll_until(probe, policy or self.policy, timeout)
+
+
+def _modified(info: Mapping[str, Any]) -> float | None:
+    """Last-modified time of an fsspec ``info`` entry, whichever backend wrote it."""
+    for key in ("mtime", "LastModified", "updated", "last_modified"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class JobListing:
+    """What a rendezvous holds for one job, from one listing (nothing is opened)."""
+
+    job_id: str
+    names: frozenset[str]
+    newest: float | None
+
+    def indexes(self, prefix: str) -> dict[int, str]:
+        """Worker indexes found under ``prefix-<i>``, with their state."""
+        found: dict[int, str] = {}
+        for name in self.names:
+            stem = name.removesuffix(FAILED_SUFFIX)
+            if stem.startswith(prefix + "-") and stem[len(prefix) + 1 :].isdigit():
+                index = int(stem[len(prefix) + 1 :])
+                if name == stem:
+                    found[index] = "arrived"
+                else:
+                    found.setdefault(index, "failed")
+        return found
+
+
+def list_jobs(
+    root_url: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, JobListing]:
+    """Every job namespace under ``root_url``, from one recursive listing."""
+    url = normalise_url(root_url)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    fs, root = fsspec.core.url_to_fs(url, **_default_options(protocol, storage_options or {}))
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        entries = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return {}
+    grouped: dict[str, list[tuple[str, float | None]]] = {}
+    for path, info in entries.items():
+        rel = str(path).rstrip("/")[len(root) :].strip("/")
+        if "/" not in rel:
+            continue
+        job_id, name = rel.split("/", 1)
+        if _TMP_MARK in name or "/" in name:
+            continue
+        grouped.setdefault(job_id, []).append((name, _modified(info)))
+    return {
+        job_id: JobListing(
+            job_id=job_id,
+            names=frozenset(n for n, _ in items),
+            newest=max((m for _, m in items if m is not None), default=None),
+        )
+        for job_id, items in grouped.items()
+    }

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -43,7 +44,7 @@ from icechunk_coop._errors import (
     WorkersTotalMismatchError,
 )
 from icechunk_coop._identity import WorkerIdentity
-from icechunk_coop._payload import Sealer
+from icechunk_coop._payload import SECRET_ENV, Sealer
 from icechunk_coop._rendezvous import Rendezvous
 from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
@@ -185,11 +186,43 @@ class CooperativeJob:
         cleanup: bool = True,
     ) -> CooperativeJob:
         """Identity and secret from the orchestrator's environment."""
-        identity = WorkerIdentity.from_env(environ)
+        return cls.for_identity(
+            WorkerIdentity.from_env(environ),
+            rendezvous_url=rendezvous_url,
+            primary=primary,
+            replicas=replicas,
+            storage_options=storage_options,
+            policy=policy,
+            environ=environ,
+            cleanup=cleanup,
+        )
+
+    @classmethod
+    def for_identity(
+        cls,
+        identity: WorkerIdentity,
+        *,
+        rendezvous_url: str,
+        primary: IcechunkTarget,
+        replicas: Sequence[Target] = (),
+        storage_options: Mapping[str, Any] | None = None,
+        policy: WaitPolicy | None = None,
+        environ: Mapping[str, str] | None = None,
+        cleanup: bool = True,
+    ) -> CooperativeJob:
+        """The job of an explicit identity; the secret comes from the environment.
+
+        A single worker exchanges no blobs, so it needs no secret.
+        """
+        env = os.environ if environ is None else environ
+        if identity.workers_total == 1 and not env.get(SECRET_ENV):
+            sealer = Sealer(job_id=identity.job_id, secret=None)
+        else:
+            sealer = Sealer.from_env(identity.job_id, env)
         rendezvous = Rendezvous.for_job(
             rendezvous_url,
             job_id=identity.job_id,
-            sealer=Sealer.from_env(identity.job_id, environ),
+            sealer=sealer,
             storage_options=storage_options,
             policy=policy,
         )

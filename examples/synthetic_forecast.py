@@ -1,0 +1,277 @@
+"""A synthetic gridded forecast, written by many workers into one Icechunk commit.
+
+Run it exactly as a pod would: the worker's identity comes from the
+environment (``JOB_COMPLETION_INDEX``, ``WORKERS_TOTAL``, ``JOB_NAME``, ...;
+see ``icechunk_coop.WorkerIdentity.from_env``)::
+
+    python examples/synthetic_forecast.py backfill --end 2025-01-03T00:00Z \\
+        --repo s3://bucket/forecast --rendezvous s3://bucket/rendezvous
+    python examples/synthetic_forecast.py update \\
+        --repo s3://bucket/forecast --rendezvous s3://bucket/rendezvous
+
+The dataset: init_time (the append dimension, every 6 hours from
+2025-01-01T00Z) x lead_time (0-48 h, 3-hourly) x latitude x longitude, three
+variables, one chunk per init time and variable. A region job is one init
+time: it "downloads" its source (``--source-latency`` seconds of simulated
+waiting) and computes deterministic values, so any number of workers produce
+the same arrays. A forecast's source is published 4 hours after its init
+time; an update at ``job_start`` grows init_time to the latest init time not
+after ``job_start`` and trims back to the last one whose source it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+import xarray as xr
+import zarr
+
+from icechunk_coop import IcechunkTarget, Stores, WorkerIdentity, ZarrTarget, icechunk_storage
+from icechunk_coop.dynamical import DynamicalDataset, Mode, RegionJob, Store, worker_share
+
+DATASET_START = datetime(2025, 1, 1, tzinfo=UTC)
+INIT_STEP = timedelta(hours=6)
+PUBLICATION_DELAY = timedelta(hours=4)
+LEAD_TIMES_H = np.arange(0, 49, 3)
+LATITUDES = np.linspace(60.0, 20.0, 41)
+LONGITUDES = np.linspace(-130.0, -60.0, 71)
+VARIABLES = {
+    "temperature_2m": ("degC", 15.0),
+    "precipitation_surface": ("mm/h", 0.5),
+    "wind_u_10m": ("m/s", 3.0),
+}
+UPDATE_LOOKBACK = 4  # an update reprocesses the last few init times as sources fill in
+
+log = logging.getLogger("synthetic_forecast")
+
+
+def _epoch_hours(t: datetime) -> int:
+    return int(t.timestamp() // 3600)
+
+
+def init_index(t: datetime) -> int:
+    """Index along init_time of the latest init time not after ``t``."""
+    return int((t - DATASET_START) // INIT_STEP)
+
+
+def init_time(index: int) -> datetime:
+    return DATASET_START + index * INIT_STEP
+
+
+def forecast_values(init: datetime, variable: str) -> np.ndarray:
+    """The 'downloaded' field: deterministic in (init time, variable)."""
+    _, scale = VARIABLES[variable]
+    phase = _epoch_hours(init) / 24.0 + list(VARIABLES).index(variable)
+    lead = LEAD_TIMES_H[:, None, None] / 24.0
+    lat = np.deg2rad(LATITUDES)[None, :, None]
+    lon = np.deg2rad(LONGITUDES)[None, None, :]
+    field = np.sin(lat * 3 + phase + lead) * np.cos(lon * 2 - lead) * scale
+    return field.astype("float32")
+
+
+@attrs.frozen(kw_only=True)
+class ForecastRegionJob(RegionJob):
+    """One init time of the forecast."""
+
+    index: int
+    now: datetime  # the job's start: decides what the source has published
+    source_latency: float = 0.0
+
+    def __str__(self) -> str:
+        return f"init {init_time(self.index):%Y-%m-%dT%HZ}"
+
+    def process(self, primary_store: Store, replica_stores: Sequence[Store]) -> Any:
+        init = init_time(self.index)
+        time.sleep(self.source_latency)  # the simulated download
+        if init + PUBLICATION_DELAY > self.now:
+            return {"index": self.index, "found": False}
+        ds = xr.Dataset(
+            {
+                name: (
+                    ("init_time", "lead_time", "latitude", "longitude"),
+                    forecast_values(init, name)[None],
+                )
+                for name in VARIABLES
+            }
+        )
+        for store in (primary_store, *replica_stores):
+            ds.to_zarr(
+                store,
+                region={"init_time": slice(self.index, self.index + 1)},
+                mode="r+",
+                consolidated=False,
+                zarr_format=3,
+            )
+        return {"index": self.index, "found": True}
+
+    @classmethod
+    def get_jobs(
+        cls, dataset: Any, *, end: datetime, worker_index: int, workers_total: int
+    ) -> Sequence[ForecastRegionJob]:
+        # A backfill's "now" is its end: everything before it is published.
+        jobs = [
+            cls(index=i, now=end + PUBLICATION_DELAY, source_latency=dataset.source_latency)
+            for i in range(init_index(end - INIT_STEP) + 1)
+        ]
+        return worker_share(jobs, worker_index, workers_total)
+
+    @classmethod
+    def operational_update_jobs(
+        cls, dataset: Any, *, worker_index: int, workers_total: int, job_start: datetime
+    ) -> Sequence[ForecastRegionJob]:
+        last = init_index(job_start)
+        jobs = [
+            cls(index=i, now=job_start, source_latency=dataset.source_latency)
+            for i in range(max(0, last - UPDATE_LOOKBACK + 1), last + 1)
+        ]
+        return worker_share(jobs, worker_index, workers_total)
+
+
+@attrs.frozen(kw_only=True)
+class SyntheticForecast(DynamicalDataset):
+    """The dataset: where it lives and how its metadata grows."""
+
+    region_job_class: ClassVar[type[RegionJob]] = ForecastRegionJob
+    append_dim: ClassVar[str] = "init_time"
+
+    repo_url: str
+    replica_urls: Sequence[str] = ()
+    zarr_replica_urls: Sequence[str] = ()
+    source_latency: float = 0.0
+
+    def primary(self) -> IcechunkTarget:
+        return IcechunkTarget(name="primary", storage=icechunk_storage(self.repo_url))
+
+    def replicas(self) -> Sequence[IcechunkTarget | ZarrTarget]:
+        return [
+            *(
+                IcechunkTarget(name=f"replica{k}", storage=icechunk_storage(url))
+                for k, url in enumerate(self.replica_urls)
+            ),
+            *(ZarrTarget(name=f"zarr{k}", url=url) for k, url in enumerate(self.zarr_replica_urls)),
+        ]
+
+    def append_dim_length(self, store: Store) -> int:
+        try:
+            return int(zarr.open_array(store, path="init_time", mode="r").shape[0])
+        except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+            return 0
+
+    def expand(self, stores: Stores, *, end: datetime, mode: Mode) -> None:
+        last = init_index(end if mode == "update" else end - INIT_STEP)
+        for store in stores.all:
+            root = zarr.open_group(store, mode="a", zarr_format=3)
+            if "init_time" not in root:
+                _create(root)
+            length = max(int(root["init_time"].shape[0]), last + 1)
+            for name in ("init_time", *VARIABLES):
+                array = root[name]
+                assert isinstance(array, zarr.Array)
+                array.resize((length, *array.shape[1:]))
+            root["init_time"][:] = [_epoch_hours(init_time(i)) for i in range(length)]
+
+    def write_final_metadata(self, stores: Stores, results: list[Any], *, mode: Mode) -> None:
+        found = [r["index"] for r in results if r["found"]]
+        missing = [r["index"] for r in results if not r["found"]]
+        for store in stores.all:
+            root = zarr.open_group(store, mode="a", zarr_format=3)
+            length = int(root["init_time"].shape[0])
+            # Trim trailing init times whose source was not there yet.
+            while length > 0 and length - 1 in missing and length - 1 not in found:
+                length -= 1
+            for name in ("init_time", *VARIABLES):
+                array = root[name]
+                assert isinstance(array, zarr.Array)
+                array.resize((length, *array.shape[1:]))
+            root.attrs["last_update"] = {
+                "mode": mode,
+                "init_times_written": len(found),
+                "init_times_missing_source": len(missing),
+                "init_time_end": init_time(length - 1).isoformat() if length else None,
+            }
+
+
+def _create(root: zarr.Group) -> None:
+    root.attrs.update(
+        {"title": "Synthetic forecast (icechunk-coop example)", "dataset_id": "synthetic-forecast"}
+    )
+    init = root.create_array(
+        "init_time", shape=(0,), chunks=(1024,), dtype="int64", dimension_names=["init_time"]
+    )
+    init.attrs.update({"units": "hours since 1970-01-01", "calendar": "proleptic_gregorian"})
+    for name, values, units in (
+        ("lead_time", LEAD_TIMES_H, "hours"),
+        ("latitude", LATITUDES, "degrees_north"),
+        ("longitude", LONGITUDES, "degrees_east"),
+    ):
+        coord = root.create_array(
+            name, shape=values.shape, dtype=values.dtype, dimension_names=[name]
+        )
+        coord[:] = values
+        coord.attrs["units"] = units
+    shape = (0, len(LEAD_TIMES_H), len(LATITUDES), len(LONGITUDES))
+    for name, (units, _) in VARIABLES.items():
+        array = root.create_array(
+            name,
+            shape=shape,
+            chunks=(1, *shape[1:]),
+            dtype="float32",
+            fill_value=np.nan,
+            dimension_names=["init_time", "lead_time", "latitude", "longitude"],
+        )
+        array.attrs["units"] = units
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a time zone, e.g. 2025-01-03T00:00Z")
+    return value.astimezone(UTC)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("backfill", "update"):
+        p = sub.add_parser(mode)
+        p.add_argument("--repo", required=True, help="primary Icechunk repo URL")
+        p.add_argument("--rendezvous", required=True, help="rendezvous URL")
+        p.add_argument("--replica", action="append", default=[], help="Icechunk replica URL")
+        p.add_argument("--zarr-replica", action="append", default=[], help="zarr v3 store URL")
+        p.add_argument("--source-latency", type=float, default=0.0, metavar="SECONDS")
+        if mode == "backfill":
+            p.add_argument("--end", required=True, type=_parse_time, help="exclusive end")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dataset = SyntheticForecast(
+        repo_url=args.repo,
+        replica_urls=args.replica,
+        zarr_replica_urls=args.zarr_replica,
+        source_latency=args.source_latency,
+    )
+    identity = WorkerIdentity.from_env()
+    if args.mode == "backfill":
+        outcome = dataset.backfill(end=args.end, rendezvous_url=args.rendezvous, identity=identity)
+    else:
+        outcome = dataset.update(rendezvous_url=args.rendezvous, identity=identity)
+    jobs = outcome.result or []
+    print(
+        f"worker {identity.worker_index}/{identity.workers_total}: {outcome.status}; "
+        f"{len(jobs)} region jobs; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.seconds.items())
+        + (f"; committed {dict(outcome.snapshots)}" if outcome.snapshots else ""),
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
