@@ -265,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = outcome.result or []
     print(
         f"worker {identity.worker_index}/{identity.workers_total}: {outcome.status}; "
+        f"job_start {identity.job_start.isoformat() if identity.job_start else None}; "
         f"{len(jobs)} region jobs; "
         + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.seconds.items())
         + (f"; committed {dict(outcome.snapshots)}" if outcome.snapshots else ""),

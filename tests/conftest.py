@@ -241,3 +241,14 @@ def gcs_bucket(gcs_server: GcsServer) -> str:
     with urllib.request.urlopen(req, timeout=10):  # noqa: S310
         pass
     return name
+
+
+@pytest.fixture
+def base_env(s3_env: MotoServer) -> dict[str, str]:
+    """The moto environment, for worker processes and (through s3_env) this one.
+
+    Identity variables of the surrounding shell are dropped so that only what
+    a test sets reaches its workers.
+    """
+    drop = ("JOB_", "WORKER", "CRONJOB_", "ICECHUNK_COOP_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}

@@ -81,12 +81,6 @@ def ok(results: list[tuple[int, str]]) -> None:
 
 
 @pytest.fixture
-def base_env(s3_env: Any) -> dict[str, str]:
-    """The moto environment, for worker processes and (through s3_env) this one."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("JOB_", "WORKER"))}
-
-
-@pytest.fixture
 def job(base_env: dict[str, str], s3_bucket: str) -> Job:
     return Job(base_env, s3_bucket)
 

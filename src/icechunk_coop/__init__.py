@@ -26,6 +26,7 @@ from icechunk_coop._storage import icechunk_storage
 from icechunk_coop._targets import IcechunkTarget, Stores, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
 from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
+from icechunk_coop.dynamical import worker_share
 
 __all__ = [
     "INSECURE_ENV",
@@ -55,4 +56,5 @@ __all__ = [
     "ZarrTarget",
     "icechunk_storage",
     "normalise_url",
+    "worker_share",
 ]

@@ -1,0 +1,141 @@
+"""The icechunk-coop command: run-local, status, clean, demo."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import icechunk
+import pytest
+
+from icechunk_coop import ConfigurationError, icechunk_storage
+from icechunk_coop.cli import clean, main, parse_age, status
+from icechunk_coop.cooperative import job_branch_name
+
+WORKER = str(Path(__file__).with_name("coop_worker.py"))
+SECRET = "cli-test-secret-0123456789abcdef"
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "icechunk_coop.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_run_local_gives_indexed_job_env_and_propagates_failure(base_env: dict[str, str]) -> None:
+    code = (
+        "import os, sys; i = os.environ['JOB_COMPLETION_INDEX']; "
+        "print('index', i, 'of', os.environ['WORKERS_TOTAL'], os.environ['JOB_NAME'], "
+        "len(os.environ['ICECHUNK_COOP_SECRET'])); sys.exit(3 if i == '1' else 0)"
+    )
+    proc = cli(
+        "run-local",
+        "--workers",
+        "3",
+        "--job-name",
+        "j",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+        env=base_env,
+    )
+    assert proc.returncode == 1
+    for i in range(3):
+        assert f"[{i}] index {i} of 3 j 64" in proc.stdout
+    assert "worker(s) 1 (exit 3) failed" in proc.stderr
+    ok = cli("run-local", "--workers", "2", "--", sys.executable, "-c", "pass", env=base_env)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[str, str]) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    env = {
+        **base_env,
+        "JOB_NAME": "half",
+        "JOB_UID": "u1",
+        "WORKERS_TOTAL": "3",
+        "ICECHUNK_COOP_SECRET": SECRET,
+    }
+    argv = [sys.executable, WORKER, "--repo", repo, "--rendezvous", rv]
+
+    def worker(index: int, **extra: str) -> int:
+        return subprocess.run(
+            argv,
+            env={**env, "JOB_COMPLETION_INDEX": str(index), **extra},
+            capture_output=True,
+            timeout=120,
+            check=False,
+        ).returncode
+
+    assert worker(0) == 0
+    assert worker(1, COOP_TEST_DIE_IN_WORK="1") == 9  # killed: no marker
+    assert worker(2, COOP_TEST_RAISE_IN_WORK="1") != 0  # raised: a marker
+    job_id = "half-u1"
+
+    out = io.StringIO()
+    assert status(rv, None, None, out) == 0
+    assert job_id in out.getvalue()
+    assert "failed" in out.getvalue()
+
+    proc = cli("status", rv, "--job", job_id, "--workers", "3", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isdigit()}
+    assert "arrived" in lines["0"]
+    assert "missing" in lines["1"]
+    assert "failed" in lines["2"]
+    assert "no source files" in lines["2"]
+
+    repository = icechunk.Repository.open(icechunk_storage(repo))
+    assert job_branch_name(job_id) in repository.list_branches()
+    proc = cli("clean", rv, "--job", job_id, "--repo", repo, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed" in proc.stdout
+    assert repository.list_branches() == {"main"}
+    proc = cli("status", rv, "--job", job_id, env=env)
+    assert proc.returncode == 1
+    assert "nothing at" in proc.stdout
+
+
+def test_clean_by_age(tmp_path: Path) -> None:
+    rv = tmp_path / "rv"
+    (rv / "old-job").mkdir(parents=True)
+    (rv / "old-job" / "setup").write_bytes(b"x")
+    out = io.StringIO()
+    assert clean(str(rv), job=None, older_than=3600, repos=[], out=out) == []
+    assert clean(str(rv), job=None, older_than=0, repos=[], out=out) == ["old-job"]
+    assert not (rv / "old-job").exists()
+
+
+@pytest.mark.parametrize("text", ["6", "h", "-1h", "2w"])
+def test_bad_ages_are_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="older-than"):
+        parse_age(text)
+    assert parse_age("90s") == 90
+    assert parse_age("2d") == 172800
+
+
+def test_clean_wants_exactly_one_selector(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["clean", "memory://x"]) == 2
+    assert "exactly one" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_and_says_what_it_did(tmp_path: Path, base_env: dict[str, str]) -> None:
+    proc = cli("demo", "--dir", str(tmp_path / "demo"), env=base_env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Commits on main" in proc.stdout
+    assert "backfill to 2025-01-04" in proc.stdout
+    assert "update to 2025-01-05" in proc.stdout
+    assert "4 workers" in proc.stdout
+    repo = icechunk.Repository.open(icechunk_storage(str(tmp_path / "demo" / "forecast.icechunk")))
+    assert len(list(repo.ancestry(branch="main"))) == 3

@@ -1,0 +1,183 @@
+"""The adapter and the example dataset, run as pods would run them (moto S3)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import numpy as np
+import pytest
+import xarray as xr
+
+from icechunk_coop import ConfigurationError, icechunk_storage, worker_share
+from icechunk_coop.cooperative import METADATA_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = str(ROOT / "examples" / "synthetic_forecast.py")
+SECRET = "dynamical-test-secret-0123456789"
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 7, 8, 20])
+def test_worker_share_is_contiguous_balanced_and_complete(total: int) -> None:
+    jobs = list(range(17))
+    shares = [worker_share(jobs, i, total) for i in range(total)]
+    assert [j for share in shares for j in share] == jobs
+    sizes = [len(s) for s in shares]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(s == list(range(s[0], s[0] + len(s))) for s in shares if s)
+
+
+def test_worker_share_refuses_a_bad_index() -> None:
+    with pytest.raises(ConfigurationError, match="worker_index=4"):
+        worker_share([1, 2], 4, 4)
+
+
+def run_local(env: dict[str, str], workers: int, job: str, *argv: str) -> str:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "icechunk_coop.cli",
+            "run-local",
+            "--workers",
+            str(workers),
+            "--job-name",
+            job,
+            "--",
+            sys.executable,
+            EXAMPLE,
+            *argv,
+        ],
+        env={**env, "ICECHUNK_COOP_SECRET": SECRET},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def open_ds(url: str, env: dict[str, str]) -> xr.Dataset:
+    repo = icechunk.Repository.open(icechunk_storage(url, env))
+    return xr.open_zarr(repo.readonly_session("main").store, consolidated=False).load()
+
+
+def commits(url: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    repo = icechunk.Repository.open(icechunk_storage(url, env))
+    return [(info.metadata or {}).get(METADATA_KEY) or {} for info in repo.ancestry(branch="main")]
+
+
+@pytest.mark.slow
+def test_backfill_by_one_and_by_eight_agree_then_update_appends(
+    base_env: dict[str, str], s3_bucket: str
+) -> None:
+    rv = f"s3://{s3_bucket}/rendezvous"
+    solo, coop, replica = (f"s3://{s3_bucket}/{n}" for n in ("solo", "coop", "replica"))
+    end = ["--end", "2025-01-03T00:00Z"]
+    subprocess.run(
+        [sys.executable, EXAMPLE, "backfill", *end, "--repo", solo, "--rendezvous", rv],
+        env={**base_env, "WORKER_INDEX": "0", "WORKERS_TOTAL": "1", "JOB_NAME": "solo"},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    run_local(
+        base_env,
+        8,
+        "bf8",
+        "backfill",
+        *end,
+        "--repo",
+        coop,
+        "--replica",
+        replica,
+        "--rendezvous",
+        rv,
+    )
+    one, eight = open_ds(solo, base_env), open_ds(coop, base_env)
+    assert one.sizes["init_time"] == 8
+    xr.testing.assert_identical(one, eight)
+    assert not np.isnan(eight["temperature_2m"].values).any()
+
+    # An update by 4 workers, its start from a CronJob-style job name.
+    start = datetime(2025, 1, 3, 5, 0, tzinfo=UTC)
+    job = f"fc-update-{int(start.timestamp() // 60)}"
+    out = run_local(
+        {**base_env, "CRONJOB_NAME": "fc-update"},
+        4,
+        job,
+        "update",
+        "--repo",
+        coop,
+        "--replica",
+        replica,
+        "--rendezvous",
+        rv,
+    )
+    starts = re.findall(r"job_start (\S+);", out)
+    assert starts == [start.isoformat()] * 4, out
+    updated = open_ds(coop, base_env)
+    # Init times up to the job's start whose source was published (4 h delay): to 2025-01-03T00Z.
+    assert updated.sizes["init_time"] == 9
+    xr.testing.assert_identical(
+        updated.isel(init_time=slice(0, 8)).drop_attrs(), eight.drop_attrs()
+    )
+    assert not np.isnan(updated["wind_u_10m"].values).any()
+    xr.testing.assert_identical(open_ds(replica, base_env), updated)
+    meta = commits(coop, base_env)[0]
+    assert meta["job_start"] == start.isoformat()
+    assert meta["workers"] == 4
+
+
+@pytest.mark.slow
+def test_update_never_shrinks_what_readers_see(tmp_path: Path, base_env: dict[str, str]) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    env = {**base_env, "WORKERS_TOTAL": "1"}
+    backfill = [sys.executable, EXAMPLE, "backfill", "--end", "2025-01-03T00:00Z"]
+    subprocess.run(
+        [*backfill, "--repo", repo, "--rendezvous", rv],
+        env={**env, "WORKER_INDEX": "0", "JOB_NAME": "bf"},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    # An update whose last init time (2025-01-02T18Z) is not published yet at its start.
+    proc = subprocess.run(
+        [sys.executable, EXAMPLE, "update", "--repo", repo, "--rendezvous", rv],
+        env={**env, "WORKER_INDEX": "0", "JOB_NAME": "up", "JOB_START": "2025-01-02T20:00Z"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "ShrinkRefusedError" in proc.stderr
+    assert "'init_time' from 8" in proc.stderr
+    assert open_ds(repo, base_env).sizes["init_time"] == 8
+    # One worker exchanges nothing through the rendezvous.
+    assert not Path(rv).exists()
+
+
+def test_update_needs_a_job_start(tmp_path: Path, base_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, EXAMPLE, "update", "--repo", str(tmp_path / "r"), "--rendezvous", "x"],
+        env={
+            **base_env,
+            "WORKER_INDEX": "0",
+            "WORKERS_TOTAL": "1",
+            "JOB_NAME": f"u{uuid.uuid4().hex[:6]}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "JOB_START" in proc.stderr
