@@ -13,6 +13,7 @@ from icechunk_coop import (
     CooperativeJob,
     ForeignResultError,
     IcechunkTarget,
+    MissingSecretError,
     Stores,
     WorkerIdentity,
     WorkersTotalMismatchError,
@@ -95,3 +96,27 @@ def test_duplicate_target_names_are_refused(tmp_path: Path) -> None:
             primary=job.primary,
             replicas=(job.primary,),
         )
+
+
+def test_insecure_mode_is_refused_for_remote_repositories(tmp_path: Path) -> None:
+    identity = WorkerIdentity(worker_index=0, workers_total=2, job_name="unit", job_uid="u")
+    insecure = {"ICECHUNK_COOP_INSECURE": "1"}
+    remote = IcechunkTarget(
+        name="primary",
+        storage=icechunk.s3_storage(bucket="b", prefix="p", region="us-east-1", from_env=True),
+    )
+    with pytest.raises(MissingSecretError, match=r"not local.*ICECHUNK_COOP_SECRET") as info:
+        CooperativeJob.for_identity(
+            identity, rendezvous_url=str(tmp_path / "rv"), primary=remote, environ=insecure
+        )
+    assert "'unit-u'" in str(info.value) and "primary" in str(info.value)
+    # Local repositories are what the opt-out is for; a solo job exchanges nothing.
+    local = IcechunkTarget(
+        name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    )
+    job = CooperativeJob.for_identity(
+        identity, rendezvous_url=str(tmp_path / "rv"), primary=local, environ=insecure
+    )
+    assert not job.rendezvous.sealer.authenticated
+    solo = WorkerIdentity(worker_index=0, workers_total=1, job_name="unit", job_uid="u")
+    CooperativeJob.for_identity(solo, rendezvous_url=str(tmp_path / "rv"), primary=remote)

@@ -41,10 +41,11 @@ from icechunk_coop._errors import (
     CommitConflictError,
     ConfigurationError,
     ForeignResultError,
+    MissingSecretError,
     WorkersTotalMismatchError,
 )
 from icechunk_coop._identity import WorkerIdentity
-from icechunk_coop._payload import SECRET_ENV, Sealer
+from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop._rendezvous import Rendezvous
 from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
@@ -95,6 +96,14 @@ def result_name(index: int) -> str:
 def job_branch_name(job_id: str) -> str:
     """The temporary branch a job's forks are based on (deleted after the commit)."""
     return f"icechunk-coop/{job_id}"
+
+
+def _is_local(target: Target) -> bool:
+    """Whether a target lives on this machine's filesystem (no credentials involved)."""
+    if isinstance(target, ZarrTarget):
+        return "://" not in target.url or target.url.startswith("file://")
+    # icechunk.Storage exposes its kind only through its repr; anything else fails closed.
+    return "type: local filesystem" in repr(target.storage)
 
 
 def _summary(exc: BaseException) -> str:
@@ -172,6 +181,17 @@ class CooperativeJob:
                 f"rendezvous is for job {self.rendezvous.job_id!r}, "
                 f"identity says {self.identity.job_id!r}"
             )
+        if not self._solo and not self.rendezvous.sealer.authenticated:
+            remote = [t.name for t in self.targets if not _is_local(t)]
+            if remote:
+                # Unsealed frames are readable by anyone who can list the bucket, and a
+                # pickled session carries its storage configuration: keep the opt-out
+                # to repositories on this machine, where there is no credential to leak.
+                raise MissingSecretError(
+                    f"job {self.job_id!r}: {INSECURE_ENV} is for local development and "
+                    f"target(s) {', '.join(remote)} are not local; set {SECRET_ENV} to the "
+                    "same random value in every worker (e.g. from a Kubernetes Secret)"
+                )
 
     @classmethod
     def from_env(
