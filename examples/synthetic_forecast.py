@@ -250,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mode == "backfill":
             p.add_argument("--end", required=True, type=_parse_time, help="exclusive end")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("icechunk_coop", "synthetic_forecast"):
+        logging.getLogger(name).setLevel(logging.INFO)
     dataset = SyntheticForecast(
         repo_url=args.repo,
         replica_urls=args.replica,

@@ -184,9 +184,10 @@ def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
             return 0
         rows: list[tuple[str, ...]] = [("job", "state", "workers seen", "last activity")]
         for job_id, listing in sorted(jobs.items()):
-            rows.append(
-                (job_id, _state(listing), str(len(listing.indexes("result"))), _age(listing.newest))
-            )
+            state, arrived = _state(listing), len(listing.indexes("result"))
+            # A committed job's results are cleaned up: "0 seen" would mislead.
+            shown = "-" if state == "committed" and not arrived else str(arrived)
+            rows.append((job_id, state, shown, _age(listing.newest)))
         _table(rows, out)
         return 0
     if job not in jobs:
@@ -397,10 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    # Our own progress at INFO; libraries (botocore's credential chatter) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("icechunk_coop").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         code: int = args.func(args)
     except CoopError as exc:
