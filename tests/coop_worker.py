@@ -12,7 +12,8 @@ Fault injection (for restart tests), by environment:
 ``COOP_TEST_DIE_AFTER_COMMITS=K``: hard exit right after the K-th target
 branch moved;
 ``COOP_TEST_SLEEP_IN_WORK=S``: sleep S seconds in work (a slow worker);
-``COOP_TEST_NO_WRITE=1``: the job appends nothing and writes nothing.
+``COOP_TEST_NO_WRITE=1``: the job appends nothing and writes nothing;
+``COOP_TEST_REWRITE_ROW=R``: the last worker also rewrites existing row R.
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ def main() -> int:
                     os._exit(9)
                 temp[row, :] = values(range(row, row + 1))[0]
                 tcoord[row] = row
+        rewrite = os.environ.get("COOP_TEST_REWRITE_ROW")
+        if rewrite and job.identity.is_last:
+            row = int(rewrite)
+            zarr.open_array(stores.primary, path="temp", mode="r+")[row, :] = values(
+                range(row, row + 1)
+            )[0]
         if os.environ.get("COOP_TEST_RAISE_IN_WORK"):
             raise RuntimeError(f"worker {index} found no source files")
         return {"index": index, "rows": [rows.start, rows.stop]}

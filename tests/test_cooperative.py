@@ -281,6 +281,28 @@ def test_overlapping_concurrent_commit_fails_naming_the_conflict(
     assert job_commits(repo, second.name) == []
 
 
+def test_concurrent_write_to_the_same_chunk_fails_naming_it(
+    job: Job, base_env: dict[str, str]
+) -> None:
+    total = 2
+    ok(job.run(total))
+    second = Job(base_env, job.bucket)
+    ok(second.run(total, [0], COOP_TEST_NO_WRITE="1", COOP_TEST_REWRITE_ROW="3"))
+    # Another writer overwrites row 3 after the job forked; the job's last worker
+    # rewrites the same chunk in its fork.
+    repo = open_repo(job.repo, base_env)
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="temp", mode="r+")[3, :] = -1.0
+    other = session.commit("other writer fixes row 3")
+    code, out = second.run(total, [1], COOP_TEST_NO_WRITE="1", COOP_TEST_REWRITE_ROW="3")[0]
+    assert code != 0
+    assert "CommitConflictError" in out and "Chunk double update at /temp (chunks (3, 0))" in out, out
+    assert second.name in out
+    assert repo.lookup_branch("main") == other
+    np.testing.assert_array_equal(read(repo)["temp"][3], np.full(8, -1.0))
+    assert job_commits(repo, second.name) == []
+
+
 def test_naive_merge_would_have_lost_the_other_writers_change(
     base_env: dict[str, str], s3_bucket: str
 ) -> None:

@@ -106,6 +106,17 @@ def _is_local(target: Target) -> bool:
     return "type: local filesystem" in repr(target.storage)
 
 
+def _describe(conflict: icechunk.Conflict) -> str:
+    """One line per conflict: what kind, where, and which chunks (a few of them)."""
+    text = f"{conflict.conflict_type} at {conflict.path}"
+    chunks = list(conflict.conflicted_chunks or [])
+    if chunks:
+        shown = ", ".join(str(tuple(c)) for c in chunks[:5])
+        more = f" and {len(chunks) - 5} more" if len(chunks) > 5 else ""
+        text += f" (chunks {shown}{more})"
+    return text
+
+
 def _summary(exc: BaseException) -> str:
     last = traceback.format_exception_only(exc)[-1].strip()
     return last[:1500]
@@ -542,7 +553,7 @@ class CooperativeJob:
                     raise CommitConflictError(
                         job=self.job_id,
                         target=target.name,
-                        conflicts=[str(c) for c in exc.conflicts] or [str(exc)],
+                        conflicts=[_describe(c) for c in exc.conflicts] or [str(exc)],
                         committed=sorted(done),
                     ) from exc
             tips[target.name] = tip
