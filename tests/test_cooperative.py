@@ -296,8 +296,8 @@ def test_concurrent_write_to_the_same_chunk_fails_naming_it(
     other = session.commit("other writer fixes row 3")
     code, out = second.run(total, [1], COOP_TEST_NO_WRITE="1", COOP_TEST_REWRITE_ROW="3")[0]
     assert code != 0
-    assert "CommitConflictError" in out and "Chunk double update at /temp (chunks (3, 0))" in out, out
-    assert second.name in out
+    assert "CommitConflictError" in out and second.name in out, out
+    assert "Chunk double update at /temp (chunks (3, 0))" in out, out
     assert repo.lookup_branch("main") == other
     np.testing.assert_array_equal(read(repo)["temp"][3], np.full(8, -1.0))
     assert job_commits(repo, second.name) == []
