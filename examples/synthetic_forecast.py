@@ -34,7 +34,14 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from icechunk_coop import IcechunkTarget, Stores, WorkerIdentity, ZarrTarget, icechunk_storage
+from icechunk_coop import (
+    CoopError,
+    IcechunkTarget,
+    Stores,
+    WorkerIdentity,
+    ZarrTarget,
+    icechunk_storage,
+)
 from icechunk_coop.dynamical import DynamicalDataset, Mode, RegionJob, Store, worker_share
 
 DATASET_START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -51,6 +58,11 @@ VARIABLES = {
 UPDATE_LOOKBACK = 4  # an update reprocesses the last few init times as sources fill in
 
 log = logging.getLogger("synthetic_forecast")
+
+# Bad input, a refused blob, a conflict: running this pod again cannot help. The
+# same code as argparse's usage errors, so one podFailurePolicy rule (FailIndex on
+# exit code 2) covers both; everything else exits 1 and is retried.
+EXIT_NOT_RETRYABLE = 2
 
 
 def _epoch_hours(t: datetime) -> int:
@@ -259,11 +271,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         zarr_replica_urls=args.zarr_replica,
         source_latency=args.source_latency,
     )
-    identity = WorkerIdentity.from_env()
-    if args.mode == "backfill":
-        outcome = dataset.backfill(end=args.end, rendezvous_url=args.rendezvous, identity=identity)
-    else:
-        outcome = dataset.update(rendezvous_url=args.rendezvous, identity=identity)
+    try:
+        identity = WorkerIdentity.from_env()
+        if args.mode == "backfill":
+            outcome = dataset.backfill(
+                end=args.end, rendezvous_url=args.rendezvous, identity=identity
+            )
+        else:
+            outcome = dataset.update(rendezvous_url=args.rendezvous, identity=identity)
+    except CoopError as exc:
+        if exc.retryable:
+            raise  # exit 1: the pod's retry may well succeed
+        log.error("%s: %s", type(exc).__name__, exc)
+        return EXIT_NOT_RETRYABLE
     jobs = outcome.result or []
     print(
         f"worker {identity.worker_index}/{identity.workers_total}: {outcome.status}; "

@@ -18,6 +18,7 @@ from icechunk_coop import (
     WorkerIdentity,
     WorkersTotalMismatchError,
 )
+from icechunk_coop._rendezvous import FAILED_SUFFIX
 from icechunk_coop.cooperative import result_name
 
 SECRET = "unit-secret-0123456789abcdef0123"
@@ -120,3 +121,26 @@ def test_insecure_mode_is_refused_for_remote_repositories(tmp_path: Path) -> Non
     assert not job.rendezvous.sealer.authenticated
     solo = WorkerIdentity(worker_index=0, workers_total=1, job_name="unit", job_uid="u")
     CooperativeJob.for_identity(solo, rendezvous_url=str(tmp_path / "rv"), primary=remote)
+
+
+def test_a_retry_withdraws_its_failure_marker_before_working(tmp_path: Path) -> None:
+    first = make_job(tmp_path, 0, total=3)
+    first.run(work=lambda stores: None, prepare=prepare, message="m")
+
+    def fail(stores: Stores) -> None:
+        raise RuntimeError("source missing")
+
+    with pytest.raises(RuntimeError):
+        make_job(tmp_path, 1, total=3).run(work=fail, message="m")
+    marker = result_name(1) + FAILED_SUFFIX
+    assert marker in first.rendezvous.arrived()
+
+    seen_while_working: list[set[str]] = []
+
+    def slow(stores: Stores) -> None:
+        # What a peer retried at this moment would see: no marker to fail on.
+        seen_while_working.append(first.rendezvous.arrived())
+
+    make_job(tmp_path, 1, total=3).run(work=slow, message="m")
+    assert seen_while_working and marker not in seen_while_working[0]
+    assert result_name(1) in first.rendezvous.arrived()

@@ -157,7 +157,7 @@ def test_update_never_shrinks_what_readers_see(tmp_path: Path, base_env: dict[st
         timeout=120,
         check=False,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr  # not retryable
     assert "ShrinkRefusedError" in proc.stderr
     assert "'init_time' from 8" in proc.stderr
     assert open_ds(repo, base_env).sizes["init_time"] == 8
@@ -179,5 +179,5 @@ def test_update_needs_a_job_start(tmp_path: Path, base_env: dict[str, str]) -> N
         timeout=120,
         check=False,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr  # not retryable
     assert "JOB_START" in proc.stderr

@@ -10,7 +10,7 @@ exceptions).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _rebuild(cls: type[CoopError], fields: dict[str, Any]) -> CoopError:
@@ -22,7 +22,15 @@ def _indexes(values: Iterable[int]) -> str:
 
 
 class CoopError(Exception):
-    """Root of every error icechunk-coop raises on purpose."""
+    """Root of every error icechunk-coop raises on purpose.
+
+    ``retryable`` says whether running the same worker again can succeed
+    without anyone changing anything: true for waits (a peer may arrive or be
+    retried meanwhile), false for bad input, refused blobs and conflicts. An
+    orchestrator's retry policy can key on it (see ``examples/k8s``).
+    """
+
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
@@ -80,6 +88,8 @@ class IcechunkVersionError(PayloadError):
 class WaitTimeoutError(CoopError, TimeoutError):
     """A wait reached its deadline; the message names who never arrived."""
 
+    retryable: ClassVar[bool] = True
+
     def __init__(
         self,
         *,
@@ -110,6 +120,8 @@ class WaitTimeoutError(CoopError, TimeoutError):
 
 class WorkerFailedError(CoopError):
     """Another worker of the job reported a failure; waiting for it is pointless."""
+
+    retryable: ClassVar[bool] = True
 
     def __init__(
         self, *, location: str, failures: Mapping[str, str], job: str | None = None
@@ -149,6 +161,8 @@ class WorkersTotalMismatchError(CoopError, ValueError):
 
 class ForeignResultError(CoopError):
     """A worker's published fork does not belong to this job's setup; refused before merging."""
+
+    retryable: ClassVar[bool] = True
 
     def __init__(self, *, job: str, worker_index: int, reason: str) -> None:
         super().__init__(

@@ -654,6 +654,13 @@ class CooperativeJob:
             return WorkerOutcome(
                 job_id=self.job_id, worker_index=i.worker_index, status="already-committed"
             )
+        if not self._solo:
+            # A retry is under way: withdraw this index's failure marker now, not
+            # after its work, so that peers retried meanwhile wait instead of
+            # failing again on the marker of an attempt that is already over.
+            self.rendezvous.clear_failure(result_name(i.worker_index))
+            if i.is_first:
+                self.rendezvous.clear_failure(SETUP)
         setup_published = False
         try:
             setup = self.setup(prepare)
