@@ -10,7 +10,7 @@ from pathlib import Path
 import icechunk
 import pytest
 
-from icechunk_coop import ConfigurationError, icechunk_storage
+from icechunk_coop import ConfigurationError, Sealer, icechunk_storage
 from icechunk_coop.cli import clean, main, parse_age, status
 from icechunk_coop.cooperative import job_branch_name
 
@@ -104,6 +104,32 @@ def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[s
     proc = cli("status", rv, "--job", job_id, env=env)
     assert proc.returncode == 1
     assert "nothing at" in proc.stdout
+
+
+def test_status_never_unpickles_a_planted_marker(tmp_path: Path) -> None:
+    # Someone with write access to the bucket plants a "failure marker" that is a
+    # pickle which would create a file; status, run without the secret, reads it.
+    canary = tmp_path / "pwned"
+    rv = tmp_path / "rv"
+    (rv / "j").mkdir(parents=True)
+    planted = Sealer(job_id="j", secret=None).seal(
+        PlantedFile(canary), name="result-0.failed", content="pickle"
+    )
+    (rv / "j" / "result-0.failed").write_bytes(planted)
+    out = io.StringIO()
+    assert status(str(rv), "j", 1, out) == 0
+    assert not canary.exists()
+    assert "refused" in out.getvalue() and "'pickle' content" in out.getvalue()
+
+
+class PlantedFile:
+    """Unpickling this creates a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Path.touch, (self.path,))
 
 
 def test_clean_by_age(tmp_path: Path) -> None:

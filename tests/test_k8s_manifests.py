@@ -496,7 +496,7 @@ def test_every_pod_of_a_job_shares_one_sealer_key() -> None:
         if sealed is None:
             sealed = sealer.seal({"from": index}, name="result-0", content="json")
         else:
-            assert sealer.open(sealed, name="result-0", location="test") == {"from": 0}
+            assert sealer.open(sealed, name="result-0", location="t", expect="json") == {"from": 0}
 
 
 def test_clusters_before_1_27_are_refused_by_name() -> None:

@@ -42,7 +42,7 @@ def sealer() -> Sealer:
 def test_round_trip(sealer: Sealer, content: str) -> None:
     obj = {"worker": 3, "files": ["a", "b"]}
     blob = sealer.seal(obj, name="result-3", content=content)  # type: ignore[arg-type]
-    assert sealer.open(blob, name="result-3", location="here") == obj
+    assert sealer.open(blob, name="result-3", location="here", expect=content) == obj  # type: ignore[arg-type]
 
 
 def test_body_is_not_readable_without_the_secret(sealer: Sealer) -> None:
@@ -53,7 +53,9 @@ def test_body_is_not_readable_without_the_secret(sealer: Sealer) -> None:
 def test_planted_raw_pickle_is_never_unpickled(sealer: Sealer, tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
     with pytest.raises(PayloadFormatError, match="not an icechunk-coop frame"):
-        sealer.open(pickle.dumps(Boom(canary)), name="setup", location="bucket/setup")
+        sealer.open(
+            pickle.dumps(Boom(canary)), name="setup", location="bucket/setup", expect="pickle"
+        )
     assert not canary.exists()
 
 
@@ -70,7 +72,21 @@ def test_forged_frame_with_malicious_pickle_is_refused(
         body = b"\0" * 12 + body + b"\0" * 16
     forged = struct.pack(">4sBI", b"ICCP", 1, len(header)) + header + body
     with pytest.raises(PayloadAuthenticationError):
-        sealer.open(forged, name="setup", location="bucket/setup")
+        sealer.open(forged, name="setup", location="bucket/setup", expect="pickle")
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("secret", [SECRET, None])
+def test_a_pickle_where_json_is_expected_is_never_unpickled(
+    tmp_path: Path, secret: bytes | None
+) -> None:
+    # Authentic or not, a frame does not get to choose to be unpickled: a failure
+    # marker read without the secret (icechunk-coop status) must stay data.
+    canary = tmp_path / "pwned"
+    reader = Sealer(job_id="job-a", secret=secret)
+    blob = reader.seal(Boom(canary), name="result-0.failed", content="pickle")
+    with pytest.raises(PayloadFormatError, match="'pickle' content where 'json' is expected"):
+        reader.open(blob, name="result-0.failed", location="x", expect="json")
     assert not canary.exists()
 
 
@@ -78,7 +94,7 @@ def test_tampered_byte_is_refused(sealer: Sealer) -> None:
     blob = bytearray(sealer.seal([1, 2, 3], name="setup", content="json"))
     blob[-5] ^= 0x01
     with pytest.raises(PayloadAuthenticationError, match="tampered"):
-        sealer.open(bytes(blob), name="setup", location="x")
+        sealer.open(bytes(blob), name="setup", location="x", expect="json")
 
 
 def test_tampered_header_is_refused(sealer: Sealer) -> None:
@@ -86,14 +102,14 @@ def test_tampered_header_is_refused(sealer: Sealer) -> None:
     forged = blob.replace(b'"name": "result-1"', b'"name": "result-2"')
     assert forged != blob
     with pytest.raises(PayloadAuthenticationError):
-        sealer.open(forged, name="result-2", location="x")
+        sealer.open(forged, name="result-2", location="x", expect="json")
 
 
 @pytest.mark.parametrize("keep", [0, 3, 9, 30, -1])
 def test_truncated_is_refused(sealer: Sealer, keep: int) -> None:
     blob = sealer.seal({"k": "v" * 100}, name="setup", content="json")
     with pytest.raises(PayloadError):
-        sealer.open(blob[:keep], name="setup", location="x")
+        sealer.open(blob[:keep], name="setup", location="x", expect="json")
 
 
 def test_other_secret_is_refused(sealer: Sealer) -> None:
@@ -101,19 +117,19 @@ def test_other_secret_is_refused(sealer: Sealer) -> None:
         1, name="setup", content="json"
     )
     with pytest.raises(PayloadAuthenticationError, match="another secret"):
-        sealer.open(blob, name="setup", location="x")
+        sealer.open(blob, name="setup", location="x", expect="json")
 
 
 def test_other_job_is_refused(sealer: Sealer) -> None:
     blob = Sealer(job_id="job-b", secret=SECRET).seal(1, name="setup", content="json")
     with pytest.raises(ForeignPayloadError, match="job-b"):
-        sealer.open(blob, name="setup", location="x")
+        sealer.open(blob, name="setup", location="x", expect="json")
 
 
 def test_blob_moved_to_another_name_is_refused(sealer: Sealer) -> None:
     blob = sealer.seal(1, name="result-1", content="json")
     with pytest.raises(ForeignPayloadError, match="result-1"):
-        sealer.open(blob, name="result-2", location="x")
+        sealer.open(blob, name="result-2", location="x", expect="json")
 
 
 def test_other_icechunk_version_is_refused(
@@ -124,14 +140,14 @@ def test_other_icechunk_version_is_refused(
     blob = sealer.seal(Boom(canary), name="setup", content="pickle")
     monkeypatch.undo()
     with pytest.raises(IcechunkVersionError, match=r"icechunk 1\.0\.0"):
-        sealer.open(blob, name="setup", location="x")
+        sealer.open(blob, name="setup", location="x", expect="pickle")
     assert not canary.exists()
 
 
 def test_unsigned_frame_is_refused_by_a_secured_worker(sealer: Sealer) -> None:
     blob = Sealer(job_id="job-a", secret=None).seal(1, name="setup", content="json")
     with pytest.raises(PayloadAuthenticationError, match="not authenticated"):
-        sealer.open(blob, name="setup", location="x")
+        sealer.open(blob, name="setup", location="x", expect="json")
 
 
 def test_from_env_requires_a_secret() -> None:

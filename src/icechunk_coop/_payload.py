@@ -148,11 +148,14 @@ class Sealer:
         nonce = os.urandom(_NONCE_BYTES)
         return prefix + nonce + self._key.encrypt(nonce, body, prefix)
 
-    def open(self, blob: bytes, *, name: str, location: str) -> Any:
+    def open(self, blob: bytes, *, name: str, location: str, expect: Content) -> Any:
         """Verify a frame and return its content, or raise a ``PayloadError``.
 
         The order is the point: frame shape, then the tag, then the header's
-        claims, and only then deserialisation.
+        claims, and only then deserialisation. ``expect`` is the caller's,
+        never the frame's, to decide: a frame that says "pickle" where JSON is
+        expected (a failure marker, say) is refused, so even a reader without
+        the secret (``icechunk-coop status``) never unpickles what it finds.
         """
         if len(blob) < _PREFIX.size:
             raise PayloadFormatError(
@@ -182,13 +185,15 @@ class Sealer:
             raise PayloadFormatError(location=location, reason="unreadable header") from exc
         body = self._authenticate(auth, prefix, rest, location)
         self._check_claims(header, name=name, location=location)
-        if header.get("content") == "pickle":
+        if header.get("content") != expect:
+            raise PayloadFormatError(
+                location=location,
+                reason=f"it holds {header.get('content')!r} content where {expect!r} is "
+                "expected; refusing to deserialise it",
+            )
+        if expect == "pickle":
             return pickle.loads(body)  # authenticated above; see module docstring
-        if header.get("content") == "json":
-            return json.loads(body)
-        raise PayloadFormatError(
-            location=location, reason=f"unknown content {header.get('content')!r}"
-        )
+        return json.loads(body)
 
     def _authenticate(self, auth: object, prefix: bytes, rest: bytes, location: str) -> bytes:
         if self._key is None:

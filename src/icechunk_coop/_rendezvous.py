@@ -286,17 +286,21 @@ class Rendezvous:
         data = self.sealer.seal(obj, name=name, content=content)
         if self._put_if_absent(name, data):
             return True, obj
-        existing = self.read(name)
+        existing = self.read(name, content=content)
         if existing is None:  # removed between our attempt and the read: try again
             return self.publish_once(name, obj, content=content)
         return False, existing
 
-    def read(self, name: str) -> Any | None:
-        """The verified content of ``name``, or None when absent."""
+    def read(self, name: str, *, content: Content = "json") -> Any | None:
+        """The verified content of ``name``, or None when absent.
+
+        ``content`` is what the caller expects; a blob holding anything else is
+        refused (JSON by default: only sessions travel as pickles).
+        """
         data = self._get(name)
         if data is None:
             return None
-        return self.sealer.open(data, name=name, location=self.location(name))
+        return self.sealer.open(data, name=name, location=self.location(name), expect=content)
 
     def remove(self, name: str) -> None:
         """Delete one blob (absent is fine)."""
@@ -331,7 +335,9 @@ class Rendezvous:
                 failures[name] = str(marker.get("summary", "no summary"))
         return failures
 
-    def wait_for(self, name: str, *, policy: WaitPolicy | None = None) -> Any:
+    def wait_for(
+        self, name: str, *, content: Content = "json", policy: WaitPolicy | None = None
+    ) -> Any:
         """Wait until ``name`` is published and return its verified content.
 
         Each poll costs two GET-class requests (the blob and its failure
@@ -340,7 +346,7 @@ class Rendezvous:
         _check_name(name)
 
         def probe() -> tuple[Any] | None:
-            value = self.read(name)
+            value = self.read(name, content=content)
             if value is not None:
                 return (value,)
             if self._get(name + FAILED_SUFFIX) is not None:
@@ -362,7 +368,11 @@ class Rendezvous:
         return poll_until(probe, policy or self.policy, timeout)[0]
 
     def wait_for_all(
-        self, names: Iterable[str], *, policy: WaitPolicy | None = None
+        self,
+        names: Iterable[str],
+        *,
+        content: Content = "json",
+        policy: WaitPolicy | None = None,
     ) -> dict[str, Any]:
         """Wait until every name is published; return their contents by name.
 
@@ -383,7 +393,7 @@ class Rendezvous:
                 )
             for name in wanted:
                 if name in present and name not in got:
-                    value = self.read(name)
+                    value = self.read(name, content=content)
                     if value is not None:
                         got[name] = value
             if len(got) == len(wanted):

@@ -25,7 +25,12 @@ from typing import IO
 import icechunk
 import zarr
 
-from icechunk_coop._errors import ConfigurationError, CoopError
+from icechunk_coop._errors import (
+    ConfigurationError,
+    CoopError,
+    PayloadAuthenticationError,
+    PayloadError,
+)
 from icechunk_coop._payload import SECRET_ENV, Sealer
 from icechunk_coop._rendezvous import FAILED_SUFFIX, JobListing, Rendezvous, list_jobs
 from icechunk_coop._storage import icechunk_storage
@@ -169,9 +174,11 @@ def _table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
 
 def _summary(rv: Rendezvous, name: str) -> str:
     try:
-        marker = rv.read(name + FAILED_SUFFIX)
-    except CoopError:
-        return "(sealed: set ICECHUNK_COOP_SECRET to read it)"
+        marker = rv.read(name + FAILED_SUFFIX, content="json")  # never unpickles
+    except PayloadAuthenticationError:
+        return f"(sealed: set {SECRET_ENV} to read it)"
+    except PayloadError as exc:
+        return f"(refused: {exc.reason[:80]})"
     return str((marker or {}).get("summary", ""))[:100]
 
 

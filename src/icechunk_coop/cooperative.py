@@ -367,7 +367,7 @@ class CooperativeJob:
         snapshot): it never re-forks from a branch that moved meanwhile.
         """
         if self.identity.is_first:
-            existing = None if self._solo else self.rendezvous.read(SETUP)
+            existing = None if self._solo else self.rendezvous.read(SETUP, content="pickle")
             if existing is not None:
                 log.info("%s: reusing the setup already published", self._where())
                 setup = existing
@@ -380,7 +380,7 @@ class CooperativeJob:
             if not self._solo:
                 self.rendezvous.clear_failure(SETUP)
         else:
-            setup = self.rendezvous.wait_for(SETUP)
+            setup = self.rendezvous.wait_for(SETUP, content="pickle")
         self._check_total(setup)
         if setup.get("job") != self.job_id:  # sealed frames already check this; belt and braces
             raise ConfigurationError(f"setup belongs to job {setup.get('job')!r}")
@@ -426,7 +426,9 @@ class CooperativeJob:
     def collect_results(self, setup: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Wait for every worker's result and refuse any that is not of this setup."""
         total = self.identity.workers_total
-        blobs = self.rendezvous.wait_for_all([result_name(i) for i in range(total)])
+        blobs = self.rendezvous.wait_for_all(
+            [result_name(i) for i in range(total)], content="pickle"
+        )
         results = []
         for index in range(total):
             blob = blobs[result_name(index)]
