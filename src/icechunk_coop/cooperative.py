@@ -8,7 +8,9 @@ The flow (one job, N workers, every step idempotent)::
                       SETUP = {S0, M, W} once (put-if-absent).
     every worker      wait for SETUP, write its chunks into its copy of W,
                       publish RESULT[i] = {its W, its JSON result}.
-    worker N-1        wait for all RESULT; open a session on the job branch
+    worker N-1        wait for all RESULT and pin them as PLAN (put-if-absent,
+                      so a restarted finalizer commits the very same results
+                      to the targets left); open a session on the job branch
                       reset to S0 (the forks' own base), merge M and every W,
                       write final metadata, rebase over whatever landed on the
                       target since S0 with conflict detection (every target
@@ -53,6 +55,7 @@ from icechunk_coop._zarr_staging import StagedMetadataStore, open_zarr_store, pu
 
 __all__ = [
     "COMMITTED",
+    "PLAN",
     "SETUP",
     "CooperativeJob",
     "Forks",
@@ -69,6 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SETUP = "setup"
+PLAN = "plan"
 COMMITTED = "committed"
 METADATA_KEY = "icechunk_coop"
 _ANCESTRY_SCAN = 500
@@ -285,27 +289,42 @@ class CooperativeJob:
         i = self.identity
         return f"job {self.job_id!r} worker {i.worker_index}/{i.workers_total}"
 
-    def _find_job_commit(
-        self, repo: icechunk.Repository, branch: str, stop_at: str | None
-    ) -> str | None:
-        """The snapshot on ``branch`` that this job committed, if any (newest first)."""
-        for n, info in enumerate(repo.ancestry(branch=branch)):
+    def _find_job_commit(self, repo: icechunk.Repository, tip: str, base: str | None) -> str | None:
+        """The snapshot this job committed among the ancestors of ``tip``, if any.
+
+        With the job's ``base`` known the scan goes all the way down to it:
+        this job's commit, if it exists, lies above its base however many
+        commits others made since. Without it (no setup left to tell) the
+        scan stops after ``_ANCESTRY_SCAN`` snapshots.
+        """
+        for n, info in enumerate(repo.ancestry(snapshot_id=tip)):
             meta = (info.metadata or {}).get(METADATA_KEY) or {}
             if isinstance(meta, dict) and meta.get("job") == self.job_id:
                 return str(info.id)
-            if info.id == stop_at or n >= _ANCESTRY_SCAN:
+            if info.id == base or (base is None and n >= _ANCESTRY_SCAN):
                 return None
         return None
 
-    def is_committed(self) -> bool:
-        """True when this job's commit is already on the primary (a late retry)."""
-        if not self._solo and self.rendezvous.read(COMMITTED) is not None:
-            return True
+    def _commit_state(self) -> tuple[Literal["marked", "found"], str | None] | None:
+        """Whether the primary holds this job: from the COMMITTED marker, or found there."""
+        base = None
+        if not self._solo:
+            if self.rendezvous.read(COMMITTED) is not None:
+                return "marked", None
+            setup = self.rendezvous.read(SETUP, content="pickle")
+            if setup is not None:
+                base = setup["targets"][self.primary.name]["base"]
         try:
             repo = self.primary.open(create=False)
+            tip = repo.lookup_branch(self.primary.branch)
         except icechunk.IcechunkError:
-            return False  # no repository yet: nothing can have been committed
-        return self._find_job_commit(repo, self.primary.branch, None) is not None
+            return None  # no repository or branch yet: nothing can have been committed
+        found = self._find_job_commit(repo, tip, base)
+        return None if found is None else ("found", found)
+
+    def is_committed(self) -> bool:
+        """True when this job's commit is already on the primary (a late retry)."""
+        return self._commit_state() is not None
 
     # ---- step 1: setup (worker 0) and loading it (everyone) ------------------
 
@@ -516,36 +535,48 @@ class CooperativeJob:
             }
         }
 
-    def _done_targets(self, setup: Mapping[str, Any], merged: Merged) -> dict[str, str]:
+    def _done_targets(
+        self, setup: Mapping[str, Any], merged: Merged
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Targets that hold this job already, and the tips of those that do not.
+
+        The check and the tip come from one read of the branch: the
+        compare-and-set later moves the branch only from that very tip, so a
+        duplicate finalizer that committed after this read makes ours fail
+        (and the next attempt find its commit) instead of landing twice.
+        """
         done: dict[str, str] = {}
+        tips: dict[str, str] = {}
         for target in self.targets:
             if isinstance(target, ZarrTarget):
                 if not self._solo and self.rendezvous.read(f"{COMMITTED}-{target.name}"):
                     done[target.name] = "zarr"
                 continue
-            base = setup["targets"][target.name]["base"]
-            found = self._find_job_commit(merged.repos[target.name], target.branch, base)
+            repo = merged.repos[target.name]
+            tip = repo.lookup_branch(target.branch)
+            found = self._find_job_commit(repo, tip, setup["targets"][target.name]["base"])
             if found:
                 done[target.name] = found
-        return done
+            else:
+                tips[target.name] = tip
+        return done, tips
 
     def _commit_once(
         self, setup: Mapping[str, Any], merged: Merged, message: str
     ) -> tuple[dict[str, str], bool]:
         """One attempt. Returns (snapshots by target, finished)."""
-        done = self._done_targets(setup, merged)
+        done, tips = self._done_targets(setup, merged)
         pending = [t for t in self.targets if t.name not in done]
         if done:
             log.info("%s: already committed: %s", self._where(), ", ".join(done))
         # Check every target before committing any: a conflict on the primary must
         # not leave replicas holding this job's data.
-        tips: dict[str, str] = {}
         for target in pending:
             if not isinstance(target, IcechunkTarget):
                 continue
             repo, session = merged.repos[target.name], merged.sessions[target.name]
             base = setup["targets"][target.name]["base"]
-            tip = repo.lookup_branch(target.branch)
+            tip = tips[target.name]
             if tip != base:
                 log.info("%s: %s moved since setup; rebasing", self._where(), target.name)
                 repo.reset_branch(setup["branch"], tip)
@@ -558,7 +589,6 @@ class CooperativeJob:
                         conflicts=[_describe(c) for c in exc.conflicts] or [str(exc)],
                         committed=sorted(done),
                     ) from exc
-            tips[target.name] = tip
         for target in pending:
             if isinstance(target, ZarrTarget):
                 staged = merged.zarr_stores[target.name]
@@ -571,16 +601,21 @@ class CooperativeJob:
             repo, session = merged.repos[target.name], merged.sessions[target.name]
             base = setup["targets"][target.name]["base"]
             metadata = self._provenance(target, session, base, setup["token"])
-            snapshot = session.commit(
-                f"{message} [job {self.job_id}, {self.identity.workers_total} workers]",
-                metadata=metadata,
-                allow_empty=True,
-            )
             try:
+                snapshot = session.commit(
+                    f"{message} [job {self.job_id}, {self.identity.workers_total} workers]",
+                    metadata=metadata,
+                    allow_empty=True,
+                )
                 repo.reset_branch(target.branch, snapshot, from_snapshot_id=tips[target.name])
-            except icechunk.ConflictError:
+            except (icechunk.ConflictError, icechunk.RefNotFoundError) as exc:
+                # The target moved, or a duplicate of this finalizer moved or removed
+                # the job branch: the next attempt looks again and finds out which.
                 log.warning(
-                    "%s: %s moved while committing; trying again", self._where(), target.name
+                    "%s: %s moved while committing (%s); trying again",
+                    self._where(),
+                    target.name,
+                    type(exc).__name__,
                 )
                 return done, False
             done[target.name] = snapshot
@@ -601,29 +636,59 @@ class CooperativeJob:
         commit (a restarted finalizer) is left alone. If a target moves between
         the rebase and the compare-and-set, the merge is rebuilt and tried again.
         """
+        blobs = self.pin_plan(setup, blobs)
+        snapshots: dict[str, str] = {}
         for attempt in range(1, self.commit_attempts + 1):
             merged = self.merge(setup, blobs)
             if finalize is not None:
                 finalize(merged.stores, merged.results)
             snapshots, finished = self._commit_once(setup, merged, message)
             if finished:
-                self._after_commit(setup, snapshots)
+                self._after_commit(snapshots)
                 return snapshots
             log.info("%s: commit attempt %d did not land", self._where(), attempt)
         raise CommitConflictError(
             job=self.job_id,
             target="(branch kept moving)",
             conflicts=[f"the target branch moved during each of {self.commit_attempts} attempts"],
-            committed=[],
+            committed=sorted(snapshots),
         )
 
-    def _after_commit(self, setup: Mapping[str, Any], snapshots: Mapping[str, str]) -> None:
+    def pin_plan(
+        self, setup: Mapping[str, Any], blobs: Sequence[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]]:
+        """Fix, once per job, which results are committed; return the pinned ones.
+
+        Targets commit one after another. A finalizer restarted between two of
+        them must commit the same merge to the rest, even if a worker has run
+        again meanwhile and published a different result: otherwise a replica
+        and the primary would hold different data for one job. So the first
+        finalizer stores the results it merges (put-if-absent) before any
+        target moves, and every later attempt commits exactly those.
+        """
+        if self._solo:
+            return list(blobs)
+        plan = {"token": setup["token"], "blobs": list(blobs)}
+        won, pinned = self.rendezvous.publish_once(PLAN, plan, content="pickle")
+        if pinned.get("token") != setup["token"]:
+            raise ForeignResultError(
+                job=self.job_id,
+                worker_index=self.identity.worker_index,
+                reason="the pinned commit plan belongs to another setup of this job; "
+                f"remove it ({self.rendezvous.location(PLAN)}) only if no target holds the job",
+            )
+        if not won:
+            log.info("%s: committing the results an earlier attempt pinned", self._where())
+        return list(pinned["blobs"])
+
+    def _after_commit(self, snapshots: Mapping[str, str]) -> None:
+        branch = job_branch_name(self.job_id)
         for target in self.targets:
             if isinstance(target, IcechunkTarget):
                 try:
-                    target.open(create=False).delete_branch(setup["branch"])
+                    target.open(create=False).delete_branch(branch)
                 except icechunk.IcechunkError as exc:  # already gone: fine
-                    log.debug("deleting %s: %s", setup["branch"], exc)
+                    log.debug("deleting %s: %s", branch, exc)
         if self._solo:
             return
         if self.cleanup:
@@ -651,8 +716,13 @@ class CooperativeJob:
         i = self.identity
         seconds: dict[str, float] = {}
         started = time.monotonic()
-        if self.is_committed():
+        state = self._commit_state()
+        if state is not None:
+            kind, found = state
             log.info("%s: the job already committed; nothing to do", self._where())
+            if kind == "found":
+                # Its finalizer died between the primary's commit and the cleanup.
+                self._after_commit({self.primary.name: str(found)})
             return WorkerOutcome(
                 job_id=self.job_id, worker_index=i.worker_index, status="already-committed"
             )
@@ -668,27 +738,35 @@ class CooperativeJob:
             setup = self.setup(prepare)
             setup_published = True
             seconds["setup"] = time.monotonic() - started
-            forks = self.forks(setup)
-            t = time.monotonic()
-            result = work(forks.stores)
-            seconds["work"] = time.monotonic() - t
-            if not i.is_last:
-                self.publish_result(forks, result)
-                return WorkerOutcome(
-                    job_id=self.job_id,
-                    worker_index=i.worker_index,
-                    status="published",
-                    result=result,
-                    seconds=seconds,
-                )
-            own = self._result_blob(forks, result)
-            if self._solo:
-                blobs = [own]
+            plan = None
+            if i.is_last and not self._solo:
+                plan = self.rendezvous.read(PLAN, content="pickle")
+            if plan is not None:
+                # A finalizer before us pinned what to commit: finish that, redo nothing.
+                log.info("%s: finishing the commit an earlier attempt began", self._where())
+                blobs = plan["blobs"]
+                result = blobs[i.worker_index]["result"]
             else:
-                self.publish_result(forks, result)
+                forks = self.forks(setup)
                 t = time.monotonic()
-                blobs = self.collect_results(setup)
-                seconds["wait"] = time.monotonic() - t
+                result = work(forks.stores)
+                seconds["work"] = time.monotonic() - t
+                if not i.is_last:
+                    self.publish_result(forks, result)
+                    return WorkerOutcome(
+                        job_id=self.job_id,
+                        worker_index=i.worker_index,
+                        status="published",
+                        result=result,
+                        seconds=seconds,
+                    )
+                if self._solo:
+                    blobs = [self._result_blob(forks, result)]
+                else:
+                    self.publish_result(forks, result)
+                    t = time.monotonic()
+                    blobs = self.collect_results(setup)
+                    seconds["wait"] = time.monotonic() - t
             t = time.monotonic()
             snapshots = self.commit(setup, blobs, message=message, finalize=finalize)
             seconds["commit"] = time.monotonic() - t

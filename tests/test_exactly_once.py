@@ -1,0 +1,176 @@
+"""Exactly once, under restarts and duplicates: in-process, local repositories.
+
+Deaths are simulated by raising ``Killed`` (a ``BaseException``, so no failure
+marker is written, as with a pod that is OOM-killed) at the exact step that
+matters; the end-to-end versions with real processes are in
+``test_cooperative.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import pytest
+import zarr
+
+from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity
+from icechunk_coop import cooperative as coop
+from icechunk_coop.cooperative import COMMITTED, METADATA_KEY, PLAN, job_branch_name
+
+SECRET = "exactly-once-secret-0123456789ab"
+
+
+class Killed(BaseException):
+    """The pod died here."""
+
+
+def storage(tmp_path: Path, name: str) -> icechunk.Storage:
+    return icechunk.local_filesystem_storage(str(tmp_path / name))
+
+
+def make(
+    tmp_path: Path, index: int, *, total: int = 2, replica: bool = False, cleanup: bool = True
+) -> CooperativeJob:
+    identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="eo", job_uid="u")
+    replicas = [IcechunkTarget(name="replica", storage=storage(tmp_path, "replica"))]
+    return CooperativeJob.for_identity(
+        identity,
+        rendezvous_url=str(tmp_path / "rv"),
+        primary=IcechunkTarget(name="primary", storage=storage(tmp_path, "repo")),
+        replicas=replicas if replica else (),
+        environ={"ICECHUNK_COOP_SECRET": SECRET},
+        cleanup=cleanup,
+    )
+
+
+def prepare(stores: Stores) -> None:
+    for store in stores.all:
+        zarr.open_group(store, mode="a").create_array(
+            "a", shape=(2,), chunks=(1,), dtype="i4", fill_value=0
+        )
+
+
+def writer(index: int, value: int) -> Callable[[Stores], dict[str, int]]:
+    def work(stores: Stores) -> dict[str, int]:
+        for store in stores.all:
+            zarr.open_array(store, path="a", mode="r+")[index] = value  # its own chunk
+        return {"v": value}
+
+    return work
+
+
+def finalize(stores: Stores, results: list[Any]) -> None:
+    for store in stores.all:
+        zarr.open_group(store, mode="a").attrs["v"] = [r["v"] for r in results]
+
+
+def job_commits(tmp_path: Path, name: str = "repo") -> list[str]:
+    repo = icechunk.Repository.open(storage(tmp_path, name))
+    return [
+        info.id
+        for info in repo.ancestry(branch="main")
+        if ((info.metadata or {}).get(METADATA_KEY) or {}).get("job") == "eo-u"
+    ]
+
+
+def other_commits(tmp_path: Path, n: int) -> None:
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    for k in range(n):
+        session = repo.writable_session("main")
+        zarr.open_group(session.store, mode="a").attrs[f"other-{k}"] = k
+        session.commit(f"other writer {k}")
+
+
+def run(job: CooperativeJob, value: int = 1) -> coop.WorkerOutcome:
+    work = writer(job.identity.worker_index, value)
+    return job.run(work=work, prepare=prepare, finalize=finalize, message="eo")
+
+
+def test_the_commit_is_found_however_far_main_moved_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coop, "_ANCESTRY_SCAN", 2)  # others commit more than the cap
+    run(make(tmp_path, 0))
+    original = CooperativeJob._after_commit
+
+    def die(self: CooperativeJob, snapshots: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(CooperativeJob, "_after_commit", die)
+    with pytest.raises(Killed):  # the primary moved; no cleanup, no COMMITTED marker
+        run(make(tmp_path, 1))
+    monkeypatch.setattr(CooperativeJob, "_after_commit", original)
+    other_commits(tmp_path, 5)
+
+    assert run(make(tmp_path, 0), value=7).status == "already-committed"  # a late retry
+    again = make(tmp_path, 1)
+    assert run(again).status == "already-committed"  # the restarted finalizer
+    assert len(job_commits(tmp_path)) == 1
+    # What the dead finalizer left undone is done now.
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    assert job_branch_name("eo-u") not in repo.list_branches()
+    assert again.rendezvous.arrived() == {COMMITTED}
+
+
+def test_a_restarted_finalizer_commits_the_pinned_results_to_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(make(tmp_path, 0, replica=True), value=1)
+    original = icechunk.Repository.reset_branch
+
+    def die_after_first_target(self: icechunk.Repository, *args: Any, **kw: Any) -> None:
+        original(self, *args, **kw)
+        if kw.get("from_snapshot_id") is not None:
+            raise Killed
+
+    monkeypatch.setattr(icechunk.Repository, "reset_branch", die_after_first_target)
+    with pytest.raises(Killed):
+        run(make(tmp_path, 1, replica=True))
+    monkeypatch.setattr(icechunk.Repository, "reset_branch", original)
+    assert len(job_commits(tmp_path, "replica")) == 1 and job_commits(tmp_path) == []
+
+    # Worker 0 runs again and this time writes something else (a newer source).
+    run(make(tmp_path, 0, replica=True), value=2)
+    last = make(tmp_path, 1, replica=True)
+    assert PLAN in last.rendezvous.arrived()
+    outcome = run(last)
+    assert outcome.status == "committed"
+    assert outcome.snapshots["replica"] == job_commits(tmp_path, "replica")[0]  # found, kept
+
+    def state(name: str) -> tuple[list[int], Any]:
+        repo = icechunk.Repository.open(storage(tmp_path, name))
+        root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+        return list(root["a"][:]), root.attrs["v"]
+
+    assert state("repo") == state("replica") == ([1, 1], [1, 1])  # not worker 0's 2
+    assert len(job_commits(tmp_path)) == 1 and len(job_commits(tmp_path, "replica")) == 1
+
+
+def test_a_duplicate_finalizer_never_commits_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def empty(job: CooperativeJob) -> coop.WorkerOutcome:
+        # Writes nothing: the rebase over a duplicate's commit would be clean,
+        # so only the compare-and-set stands between us and a second commit.
+        return job.run(work=lambda stores: None, message="eo")
+
+    run(make(tmp_path, 0))
+    first, second = make(tmp_path, 1), make(tmp_path, 1)
+    original = CooperativeJob._provenance
+    fired: list[coop.WorkerOutcome] = []
+
+    def duplicate_commits_now(self: CooperativeJob, *args: Any) -> Any:
+        if self is second and not fired:
+            # ``second`` has read the tip; its twin commits the job right now.
+            fired.append(empty(first))
+        return original(self, *args)
+
+    monkeypatch.setattr(CooperativeJob, "_provenance", duplicate_commits_now)
+    outcome = empty(second)
+    assert fired and fired[0].status == "committed"
+    assert outcome.status == "committed"
+    assert outcome.snapshots["primary"] == fired[0].snapshots["primary"]
+    assert len(job_commits(tmp_path)) == 1
