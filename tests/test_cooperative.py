@@ -188,7 +188,7 @@ def test_same_index_twice_and_a_killed_worker(job: Job, base_env: dict[str, str]
     total = 4
     ok(job.run(total))  # create the repository
     second = Job(base_env, job.bucket)
-    ok(second.run(total, [0]))
+    ok(second.run(total, [0, 0]))  # two copies of worker 0 at once: one setup wins
     # Worker 1 dies half way through its writes (no marker: a hard kill).
     code, out = second.run(total, [1], COOP_TEST_DIE_IN_WORK="1")[0]
     assert code == 9, out

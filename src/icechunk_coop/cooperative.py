@@ -2,8 +2,8 @@
 
 The flow (one job, N workers, every step idempotent)::
 
-    worker 0          prepare: create a job branch at the target's tip S0, fork
-                      a clean session M on it, let the user make structural
+    worker 0          prepare: fork a clean session M of the target branch at
+                      its tip S0, let the user make structural
                       changes in M (create, resize), fork W from M, publish
                       SETUP = {S0, M, W} once (put-if-absent).
     every worker      wait for SETUP, write its chunks into its copy of W,
@@ -339,13 +339,13 @@ class CooperativeJob:
                 staging[target.name] = StagedMetadataStore(open_zarr_store(target))
                 continue
             repo = target.open(create=True)
-            base = repo.lookup_branch(target.branch)
-            if branch in repo.list_branches():
-                repo.reset_branch(branch, base)
-            else:
-                repo.create_branch(branch, base)
-            prepared[target.name] = repo.writable_session(branch).fork()
-            state[target.name] = {"kind": "icechunk", "base": base}
+            # A clean fork of the target branch: its base S0 is the snapshot the
+            # session read, so nothing can slip in between reading S0 and forking.
+            # Worker 0 moves no ref at all; only the finalizer uses the job branch,
+            # so two copies of worker 0 (a duplicated pod) cannot trip each other.
+            session = repo.writable_session(target.branch)
+            prepared[target.name] = session.fork()
+            state[target.name] = {"kind": "icechunk", "base": session.snapshot_id}
         stores = self._stores({**{k: v.store for k, v in prepared.items()}, **staging})
         if prepare is not None:
             log.info("%s: preparing (structural changes)", self._where())
