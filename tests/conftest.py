@@ -21,131 +21,25 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import contextlib
 import json
 import platform
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-_STARTUP_TIMEOUT = 30.0
-_LOOPBACK = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _read_log(log: IO[bytes]) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read().decode(errors="replace")[-4000:]
-
-
-def _wait_for_http(proc: subprocess.Popen[bytes], url: str, log: IO[bytes], name: str) -> None:
-    """Poll ``url`` until the server answers any HTTP response, or fail loudly."""
-    deadline = time.monotonic() + _STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            raise RuntimeError(f"{name} exited with code {rc} during startup:\n{_read_log(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own loopback URL
-                return
-        except urllib.error.HTTPError:
-            return  # it answered; an error status still means it is up
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    _stop(proc)
-    raise RuntimeError(
-        f"{name} did not answer HTTP at {url} within {_STARTUP_TIMEOUT:.0f}s:\n{_read_log(log)}"
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextlib.contextmanager
-def _serve(argv: list[str], ready_url: str, name: str) -> Iterator[None]:
-    # Logs go to a temp file, not a pipe: both servers log every request and a
-    # pipe nobody drains would eventually block them.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        try:
-            _wait_for_http(proc, ready_url, log, name)
-            yield
-        finally:
-            _stop(proc)
-
-
-# --------------------------------------------------------------------------- S3 (moto)
-
-
-@dataclass(frozen=True)
-class MotoServer:
-    endpoint_url: str
-    region: str = "us-east-1"
-    access_key_id: str = "testing"
-    secret_access_key: str = "testing"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-            "AWS_ALLOW_HTTP": "true",
-        }
-
-    def boto3_client(self):  # type: ignore[no-untyped-def]
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-        )
-
-
-def _moto_argv(port: int) -> list[str]:
-    script = Path(sys.executable).with_name("moto_server")
-    if script.exists():
-        return [str(script), "-H", _LOOPBACK, "-p", str(port)]
-    return [sys.executable, "-m", "moto.server", "-H", _LOOPBACK, "-p", str(port)]
+from icechunk_coop.testing import LOOPBACK, LocalS3, free_port, local_s3, serve
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    port = _free_port()
-    server = MotoServer(endpoint_url=f"http://{_LOOPBACK}:{port}")
-    with _serve(_moto_argv(port), f"{server.endpoint_url}/moto-api/", "moto_server"):
+def moto_server() -> Iterator[LocalS3]:
+    with local_s3() as server:
         yield server
 
 
 @pytest.fixture
-def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+def s3_env(moto_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> LocalS3:
     """Point botocore/s3fs at moto via environment variables for this test."""
     for key, value in moto_server.env.items():
         monkeypatch.setenv(key, value)
@@ -155,10 +49,10 @@ def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServ
 
 
 @pytest.fixture
-def s3_bucket(moto_server: MotoServer) -> str:
+def s3_bucket(moto_server: LocalS3) -> str:
     """A fresh, empty bucket on the moto server."""
     name = f"test-{uuid.uuid4().hex[:8]}"
-    moto_server.boto3_client().create_bucket(Bucket=name)
+    moto_server.create_bucket(name)
     return name
 
 
@@ -201,8 +95,8 @@ def _fake_gcs_binary() -> Path:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[GcsServer]:
     binary = _fake_gcs_binary()
-    port = _free_port()
-    endpoint = f"http://{_LOOPBACK}:{port}"
+    port = free_port()
+    endpoint = f"http://{LOOPBACK}:{port}"
     argv = [
         str(binary),
         "-backend",
@@ -210,19 +104,21 @@ def gcs_server() -> Iterator[GcsServer]:
         "-scheme",
         "http",
         "-host",
-        _LOOPBACK,
+        LOOPBACK,
         "-port",
         str(port),
         "-external-url",
         endpoint,
         "-public-host",
-        f"{_LOOPBACK}:{port}",
+        f"{LOOPBACK}:{port}",
         "-log-level",
         "warn",
     ]
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(_serve(argv, f"{endpoint}/storage/v1/b", "fake-gcs-server"))
+            stack.enter_context(
+                serve(argv, ready_url=f"{endpoint}/storage/v1/b", name="fake-gcs-server")
+            )
         except (OSError, RuntimeError) as exc:
             pytest.skip(f"fake-gcs-server could not be started: {exc}")
         yield GcsServer(endpoint=endpoint)
@@ -244,7 +140,7 @@ def gcs_bucket(gcs_server: GcsServer) -> str:
 
 
 @pytest.fixture
-def base_env(s3_env: MotoServer) -> dict[str, str]:
+def base_env(s3_env: LocalS3) -> dict[str, str]:
     """The moto environment, for worker processes and (through s3_env) this one.
 
     Identity variables of the surrounding shell are dropped so that only what

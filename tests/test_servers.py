@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import GcsServer, MotoServer
+    from conftest import GcsServer
+    from icechunk_coop.testing import LocalS3
 
 
-def test_s3fs_put_if_absent_against_moto(s3_env: MotoServer, s3_bucket: str) -> None:
+def test_s3fs_put_if_absent_against_moto(s3_env: LocalS3, s3_bucket: str) -> None:
     import s3fs
 
     assert os.environ["AWS_ENDPOINT_URL"] == s3_env.endpoint_url
@@ -41,7 +43,7 @@ def test_gcsfs_put_if_absent_against_fake_gcs(gcs_server: GcsServer, gcs_bucket:
     assert fs.ls(gcs_bucket, refresh=True) == []
 
 
-def test_icechunk_commit_and_reopen_on_moto(moto_server: MotoServer, s3_bucket: str) -> None:
+def test_icechunk_commit_and_reopen_on_moto(moto_server: LocalS3, s3_bucket: str) -> None:
     import icechunk
     import numpy as np
     import zarr
@@ -68,3 +70,12 @@ def test_icechunk_commit_and_reopen_on_moto(moto_server: MotoServer, s3_bucket: 
     readonly = reopened.readonly_session(branch="main")
     data = zarr.open_group(store=readonly.store, mode="r")["x"][:]
     np.testing.assert_array_equal(data, np.arange(4, dtype="i4"))
+
+
+def test_serve_reports_a_server_that_dies_with_its_output() -> None:
+    from icechunk_coop.testing import serve
+
+    argv = [sys.executable, "-c", "print('port in use'); raise SystemExit(3)"]
+    server = serve(argv, ready_url="http://127.0.0.1:9/", name="broken", timeout=10)
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 3.*port in use"), server:
+        pass

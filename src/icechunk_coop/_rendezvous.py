@@ -107,6 +107,9 @@ def _default_options(protocol: str, given: Mapping[str, Any]) -> dict[str, Any]:
         if endpoint and "endpoint_url" not in given:
             options["endpoint_url"] = endpoint
         options["config_kwargs"] = {"retries": {"total_max_attempts": 10, "mode": "standard"}}
+        # Blobs are small: read each with one GET. Above 1, s3fs first HEADs every
+        # object to plan ranged reads, which doubles the cost of every poll.
+        options["max_concurrency"] = 1
     elif protocol in {"gs", "gcs"}:
         options["use_listings_cache"] = False
         if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in given:
@@ -117,7 +120,12 @@ def _default_options(protocol: str, given: Mapping[str, Any]) -> dict[str, Any]:
 
 @attrs.define(kw_only=True)
 class RequestCounter:
-    """Object-store requests made, by kind: what a wait costs, measured."""
+    """Object-store operations issued, by kind (get, put, list, delete).
+
+    One operation is at least one HTTP request; a backend may send more (s3fs
+    lists the parent too when a prefix is empty). ``benchmarks/`` counts
+    what reaches the wire.
+    """
 
     counts: Counter[str] = attrs.field(factory=Counter)
 

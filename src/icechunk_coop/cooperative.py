@@ -385,6 +385,13 @@ class CooperativeJob:
         A restarted worker 0 reuses a published setup (and so its base
         snapshot): it never re-forks from a branch that moved meanwhile.
         """
+        if not self._solo:
+            # This index is running (again): withdraw its failure markers before
+            # anything else, so that peers retried meanwhile wait for it instead
+            # of failing on the marker of an attempt that is already over.
+            self.rendezvous.clear_failure(result_name(self.identity.worker_index))
+            if self.identity.is_first:
+                self.rendezvous.clear_failure(SETUP)
         if self.identity.is_first:
             existing = None if self._solo else self.rendezvous.read(SETUP, content="pickle")
             if existing is not None:
@@ -396,8 +403,6 @@ class CooperativeJob:
                     won, setup = self.rendezvous.publish_once(SETUP, setup, content="pickle")
                     if not won:
                         log.info("%s: another copy of worker 0 published first", self._where())
-            if not self._solo:
-                self.rendezvous.clear_failure(SETUP)
         else:
             setup = self.rendezvous.wait_for(SETUP, content="pickle")
         self._check_total(setup)
@@ -437,7 +442,6 @@ class CooperativeJob:
         blob = self._result_blob(forks, result)
         if not self._solo:
             self.rendezvous.publish(result_name(self.identity.worker_index), blob, content="pickle")
-            self.rendezvous.clear_failure(result_name(self.identity.worker_index))
         log.info("%s: published its result", self._where())
 
     # ---- step 3: merge and commit (last worker) --------------------------------
@@ -726,13 +730,6 @@ class CooperativeJob:
             return WorkerOutcome(
                 job_id=self.job_id, worker_index=i.worker_index, status="already-committed"
             )
-        if not self._solo:
-            # A retry is under way: withdraw this index's failure marker now, not
-            # after its work, so that peers retried meanwhile wait instead of
-            # failing again on the marker of an attempt that is already over.
-            self.rendezvous.clear_failure(result_name(i.worker_index))
-            if i.is_first:
-                self.rendezvous.clear_failure(SETUP)
         setup_published = False
         try:
             setup = self.setup(prepare)

@@ -1,0 +1,242 @@
+"""A counting reverse proxy for S3 on loopback: what the benchmark bills.
+
+Run as its own process (``python benchmarks/_proxy.py --port P --upstream URL``)
+so that counting never competes with the clients for a GIL. Every request is
+forwarded unchanged (the ``Host`` header included, which the client signed)
+and recorded as ``(time, bucket, kind, status)``. Clients must use path-style
+addressing (s3fs and botocore do with a custom endpoint; icechunk_coop's
+``icechunk_storage`` forces it), so the bucket is the first path segment.
+
+Kinds follow how S3 prices requests:
+
+- ``LIST``: ListObjects(V2), ListBuckets, ListMultipartUploads ($0.005 / 1k)
+- ``PUT``, ``POST``, ``COPY``: writes ($0.005 / 1k)
+- ``GET``, ``HEAD``, ``OTHER`` (e.g. GetBucketLocation) ($0.0004 / 1k)
+- ``DELETE`` (free)
+
+Control endpoints (``_bench`` can never be a bucket name: ``_`` is not allowed):
+``GET /_bench/counts`` -> ``{bucket: {kind: n}}``;
+``GET /_bench/events?bucket=B`` -> ``[[unix_time, kind, status], ...]``.
+
+``--latency-ms`` delays every forwarded request, to look more like a real
+object store (S3 answers small requests in roughly 10-30 ms; moto in < 2 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter, defaultdict
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+_LIST_QUERY = frozenset({"list-type", "prefix", "delimiter", "marker", "continuation-token"})
+
+
+def classify(method: str, target: str, headers: Message) -> tuple[str, str]:
+    """``(bucket, kind)`` of one path-style S3 request."""
+    parsed = urllib.parse.urlsplit(target)
+    path = parsed.path.lstrip("/")
+    bucket, _, key = path.partition("/")
+    query = set(urllib.parse.parse_qs(parsed.query, keep_blank_values=True))
+    method = method.upper()
+    if method == "DELETE":
+        return bucket, "DELETE"
+    if method == "HEAD":
+        return bucket, "HEAD"
+    if not key:  # the service (ListBuckets) or a bucket-level call
+        if method == "GET":
+            if not bucket or "uploads" in query or "versions" in query:
+                return bucket, "LIST"
+            if not query or query & _LIST_QUERY:
+                return bucket, "LIST"
+            return bucket, "OTHER"  # GetBucketLocation, GetBucketVersioning, ...
+        if method == "POST" and "delete" in query:
+            return bucket, "DELETE"  # DeleteObjects
+        return bucket, "PUT" if method == "PUT" else "POST"
+    if method == "GET":
+        return bucket, "GET"
+    if method == "PUT":
+        return bucket, "COPY" if headers.get("x-amz-copy-source") else "PUT"
+    if method == "POST":
+        return bucket, "POST"
+    return bucket, "OTHER"
+
+
+class Ledger:
+    """Every request seen, thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._events: defaultdict[str, list[tuple[float, str, int]]] = defaultdict(list)
+
+    def add(self, bucket: str, kind: str, status: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._counts[bucket][kind] += 1
+            self._events[bucket].append((now, kind, status))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {b: dict(c) for b, c in self._counts.items()}
+
+    def events(self, bucket: str) -> list[tuple[float, str, int]]:
+        with self._lock:
+            return list(self._events.get(bucket, []))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per request would cost more than the forwarding
+
+    def setup(self) -> None:
+        super().setup()
+        self._upstream: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._upstream is None:
+            conn = http.client.HTTPConnection(
+                self.server.upstream_host, self.server.upstream_port, timeout=120
+            )
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._upstream = conn
+        return self._upstream
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _control(self) -> None:
+        parsed = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(parsed.query)
+        payload: object
+        if parsed.path == "/_bench/counts":
+            payload = self.server.ledger.counts()
+        elif parsed.path == "/_bench/events":
+            payload = self.server.ledger.events(query.get("bucket", [""])[0])
+        else:
+            payload = {"error": f"unknown control path {parsed.path}"}
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self) -> None:
+        if self.path.startswith("/_bench/"):
+            self._control()
+            return
+        body = self._read_body()
+        if self.server.latency:
+            time.sleep(self.server.latency)
+        bucket, kind = classify(self.command, self.path, self.headers)
+        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
+        if body or self.command in {"PUT", "POST"}:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in headers:
+                    conn.putheader(k, v)
+                conn.endheaders(message_body=body or None)
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (http.client.HTTPException, OSError):
+                # A kept-alive upstream connection closed under us: reconnect once.
+                conn.close()
+                self._upstream = None
+                if attempt == 2:
+                    self.send_error(502, "upstream failed")
+                    return
+        self.server.ledger.add(bucket, kind, resp.status)
+        self.send_response_only(resp.status, resp.reason)
+        for k, v in resp.getheaders():
+            lk = k.lower()
+            if lk in _HOP_BY_HOP or lk in {"content-length", "date", "server"}:
+                continue
+            self.send_header(k, v)
+        if self.command == "HEAD":
+            length = resp.getheader("Content-Length")
+            if length is not None:
+                self.send_header("Content-Length", length)
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD" and data:
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _forward  # noqa: N815
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], upstream: str, latency: float = 0.0) -> None:
+        super().__init__(address, _Handler)
+        self.latency = latency
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream_host = parsed.hostname or "127.0.0.1"
+        self.upstream_port = parsed.port or 80
+        self.ledger = Ledger()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:5555")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    server = _ProxyServer((args.host, args.port), args.upstream, args.latency_ms / 1000)
+    print(f"counting proxy on {args.host}:{args.port} -> {args.upstream}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

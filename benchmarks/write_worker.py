@@ -1,0 +1,252 @@
+"""One worker process of the write-strategy benchmark, started like an Indexed Job's pod.
+
+Identity comes from the environment (``JOB_COMPLETION_INDEX``, ``WORKERS_TOTAL``,
+``JOB_NAME``, ``JOB_UID``, ``ICECHUNK_COOP_SECRET``); S3 from ``AWS_*``.
+
+The job: append ``--rows`` rows to ``temp`` (rows x ``--cols`` float64, one row
+per chunk, so every chunk is a separate object) and ``time``, split into
+contiguous, disjoint slices, one per worker. Writing a row costs
+``--row-seconds`` of simulated source I/O (a sleep) before the write, so the
+total work is the same whatever the number of workers.
+
+Strategies:
+
+``coop``    icechunk_coop: worker 0 prepares a fork, every worker writes into
+            its own fork, the last merges and commits once.
+``uncoop``  what the production code does: worker 0 creates a temporary branch
+            and commits the expansion on it; every worker opens a writable
+            session on that branch, writes its rows and commits with
+            ``rebase_with=ConflictDetector()`` (icechunk retries the rebase);
+            the last worker waits for all, commits the final metadata and
+            resets ``main`` to the branch tip (compare-and-set), then deletes
+            the branch. Workers meet through the same ``Rendezvous`` and wait
+            policy as ``coop``, so only the write strategy differs.
+``serial``  one process: one writable session on ``main``, every row, one commit.
+
+Prints one line ``BENCH {json}`` with what this worker did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import icechunk
+import numpy as np
+import zarr
+
+from icechunk_coop import (
+    CooperativeJob,
+    IcechunkTarget,
+    Rendezvous,
+    Sealer,
+    Stores,
+    WaitPolicy,
+    WorkerIdentity,
+    icechunk_storage,
+)
+from icechunk_coop.cooperative import SETUP, result_name
+
+CALLS: dict[str, int] = {"commit": 0, "rebase": 0, "reset_branch": 0}
+REBASE_ATTEMPTS: list[int] = []
+
+
+def _count_calls() -> None:
+    """Count the icechunk operations this process makes (the library is not touched)."""
+    commit, rebase, reset = (
+        icechunk.Session.commit,
+        icechunk.Session.rebase,
+        icechunk.Repository.reset_branch,
+    )
+
+    def counted_commit(self: icechunk.Session, *args: Any, **kwargs: Any) -> str:
+        CALLS["commit"] += 1
+        return str(commit(self, *args, **kwargs))
+
+    def counted_rebase(self: icechunk.Session, *args: Any, **kwargs: Any) -> None:
+        CALLS["rebase"] += 1
+        rebase(self, *args, **kwargs)
+
+    def counted_reset(self: icechunk.Repository, *args: Any, **kwargs: Any) -> None:
+        CALLS["reset_branch"] += 1
+        reset(self, *args, **kwargs)
+
+    icechunk.Session.commit = counted_commit  # type: ignore[method-assign]
+    icechunk.Session.rebase = counted_rebase  # type: ignore[method-assign]
+    icechunk.Repository.reset_branch = counted_reset  # type: ignore[method-assign]
+
+
+def values(row: int, cols: int) -> np.ndarray:
+    """Row ``row``'s values: incompressible, so every chunk is its own object (not inlined)."""
+    return np.random.default_rng(row).random(cols)
+
+
+def my_rows(first: int, rows: int, index: int, total: int) -> range:
+    return range(first + index * rows // total, first + (index + 1) * rows // total)
+
+
+def grow(store: Any, rows: int, cols: int) -> int:
+    """Append ``rows`` to both arrays; return the first new row."""
+    temp = zarr.open_array(store, path="temp", mode="r+")
+    first = int(temp.shape[0])
+    temp.resize((first + rows, cols))
+    zarr.open_array(store, path="time", mode="r+").resize((first + rows,))
+    return first
+
+
+def write_rows(store: Any, rows: range, cols: int, row_seconds: float) -> None:
+    temp = zarr.open_array(store, path="temp", mode="r+")
+    tcoord = zarr.open_array(store, path="time", mode="r+")
+    for row in rows:
+        if row_seconds:
+            time.sleep(row_seconds)  # fetching and decoding a source file
+        temp[row, :] = values(row, cols)
+        tcoord[row] = row
+
+
+def finish(store: Any, written: int, job: str) -> None:
+    root = zarr.open_group(store, mode="a")
+    root.attrs["last_job"] = job
+    root.attrs["rows_written"] = written
+
+
+def _rebase_attempts(repo: icechunk.Repository, snapshot: str) -> int:
+    meta = repo.lookup_snapshot(snapshot).metadata or {}
+    return int((meta.get("__icechunk") or {}).get("rebase_attempts", 0))
+
+
+# ---- strategies -----------------------------------------------------------------------------
+
+
+def run_coop(args: argparse.Namespace, policy: WaitPolicy) -> dict[str, Any]:
+    primary = IcechunkTarget(name="primary", storage=icechunk_storage(args.repo))
+    job = CooperativeJob.from_env(rendezvous_url=args.rendezvous, primary=primary, policy=policy)
+    index, total = job.identity.worker_index, job.identity.workers_total
+
+    def prepare(stores: Stores) -> None:
+        grow(stores.primary, args.rows, args.cols)
+
+    def work(stores: Stores) -> dict[str, Any]:
+        first = int(zarr.open_array(stores.primary, path="temp", mode="r").shape[0]) - args.rows
+        rows = my_rows(first, args.rows, index, total)
+        write_rows(stores.primary, rows, args.cols, args.row_seconds)
+        return {"rows": [rows.start, rows.stop]}
+
+    def finalize(stores: Stores, results: list[Any]) -> None:
+        finish(stores.primary, sum(r["rows"][1] - r["rows"][0] for r in results), job.job_id)
+
+    outcome = job.run(work=work, prepare=prepare, finalize=finalize, message="benchmark append")
+    return {"status": outcome.status, "seconds": dict(outcome.seconds)}
+
+
+def run_uncoop(args: argparse.Namespace, policy: WaitPolicy) -> dict[str, Any]:
+    identity = WorkerIdentity.from_env()
+    index, total = identity.worker_index, identity.workers_total
+    rv = Rendezvous.for_job(
+        args.rendezvous,
+        job_id=identity.job_id,
+        sealer=Sealer.from_env(identity.job_id),
+        policy=policy,
+    )
+    repo = icechunk.Repository.open(icechunk_storage(args.repo))
+    branch = f"uncoop/{identity.job_id}"
+    seconds: dict[str, float] = {}
+    t = time.monotonic()
+    if identity.is_first:
+        base = repo.lookup_branch("main")
+        if branch in repo.list_branches():
+            repo.reset_branch(branch, base)
+        else:
+            repo.create_branch(branch, base)
+        session = repo.writable_session(branch)
+        first = grow(session.store, args.rows, args.cols)
+        session.commit("Expand dataset", rebase_with=icechunk.ConflictDetector())
+        setup = {"base": base, "first": first}
+        _, setup = rv.publish_once(SETUP, setup)
+    else:
+        setup = rv.wait_for(SETUP)
+    seconds["setup"] = time.monotonic() - t
+
+    t = time.monotonic()
+    session = repo.writable_session(branch)
+    rows = my_rows(setup["first"], args.rows, index, total)
+    write_rows(session.store, rows, args.cols, args.row_seconds)
+    seconds["work"] = time.monotonic() - t
+    t = time.monotonic()
+    snapshot = session.commit(
+        f"worker {index} rows {rows.start}-{rows.stop}", rebase_with=icechunk.ConflictDetector()
+    )
+    REBASE_ATTEMPTS.append(_rebase_attempts(repo, snapshot))
+    seconds["commit"] = time.monotonic() - t
+    rv.publish(result_name(index), {"rows": [rows.start, rows.stop]})
+    if not identity.is_last:
+        return {"status": "published", "seconds": seconds}
+
+    t = time.monotonic()
+    results = rv.wait_for_all([result_name(i) for i in range(total)])
+    seconds["wait"] = time.monotonic() - t
+    t = time.monotonic()
+    session = repo.writable_session(branch)
+    finish(
+        session.store,
+        sum(r["rows"][1] - r["rows"][0] for r in results.values()),
+        identity.job_id,
+    )
+    final = session.commit("Final metadata", rebase_with=icechunk.ConflictDetector())
+    REBASE_ATTEMPTS.append(_rebase_attempts(repo, final))
+    repo.reset_branch("main", final, from_snapshot_id=setup["base"])
+    repo.delete_branch(branch)
+    rv.remove_all()
+    seconds["commit"] += time.monotonic() - t
+    return {"status": "committed", "seconds": seconds}
+
+
+def run_serial(args: argparse.Namespace) -> dict[str, Any]:
+    repo = icechunk.Repository.open(icechunk_storage(args.repo))
+    t = time.monotonic()
+    session = repo.writable_session("main")
+    first = grow(session.store, args.rows, args.cols)
+    write_rows(session.store, range(first, first + args.rows), args.cols, args.row_seconds)
+    finish(session.store, args.rows, "serial")
+    work = time.monotonic() - t
+    t = time.monotonic()
+    session.commit("benchmark append")
+    return {"status": "committed", "seconds": {"work": work, "commit": time.monotonic() - t}}
+
+
+def main() -> int:
+    started = time.monotonic()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--strategy", choices=("coop", "uncoop", "serial"), required=True)
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--rendezvous", required=True)
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--cols", type=int, required=True)
+    parser.add_argument("--row-seconds", type=float, default=0.0)
+    parser.add_argument("--max-interval", type=float, default=10.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _count_calls()
+    policy = WaitPolicy(timeout=args.timeout, max_interval=args.max_interval)
+    if args.strategy == "coop":
+        outcome = run_coop(args, policy)
+    elif args.strategy == "uncoop":
+        outcome = run_uncoop(args, policy)
+    else:
+        outcome = run_serial(args)
+    outcome.update(
+        calls=CALLS,
+        rebase_attempts=sum(REBASE_ATTEMPTS),
+        process_seconds=time.monotonic() - started,
+    )
+    print("BENCH " + json.dumps(outcome), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
