@@ -12,7 +12,7 @@ import pytest
 
 from icechunk_coop import ConfigurationError, Sealer, icechunk_storage
 from icechunk_coop.cli import clean, main, parse_age, status
-from icechunk_coop.cooperative import job_branch_name
+from icechunk_coop.cooperative import job_branch_prefix
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "cli-test-secret-0123456789abcdef"
@@ -98,11 +98,13 @@ def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[s
     repository = icechunk.Repository.open(icechunk_storage(repo))
     assert repository.list_branches() == {"main"}  # setup moves no ref
     # What a finalizer killed between merging and committing leaves behind.
-    repository.create_branch(job_branch_name(job_id), repository.lookup_branch("main"))
+    dead = job_branch_prefix(job_id) + "attempt1"
+    repository.create_branch(dead, repository.lookup_branch("main"))
+    repository.create_branch("icechunk-coop/another-job/attempt1", repository.lookup_branch("main"))
     proc = cli("clean", rv, "--job", job_id, "--repo", repo, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "removed" in proc.stdout
-    assert repository.list_branches() == {"main"}
+    assert repository.list_branches() == {"main", "icechunk-coop/another-job/attempt1"}
     proc = cli("status", rv, "--job", job_id, env=env)
     assert proc.returncode == 1
     assert "nothing at" in proc.stdout

@@ -14,6 +14,7 @@ from icechunk_coop import (
     ForeignResultError,
     IcechunkTarget,
     MissingSecretError,
+    PayloadAuthenticationError,
     Stores,
     WorkerIdentity,
     WorkersTotalMismatchError,
@@ -111,6 +112,13 @@ def test_insecure_mode_is_refused_for_remote_repositories(tmp_path: Path) -> Non
             identity, rendezvous_url=str(tmp_path / "rv"), primary=remote, environ=insecure
         )
     assert "'unit-u'" in str(info.value) and "primary" in str(info.value)
+    local_target = IcechunkTarget(
+        name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    )
+    with pytest.raises(MissingSecretError, match="rendezvous s3://b/rv"):
+        CooperativeJob.for_identity(
+            identity, rendezvous_url="s3://b/rv", primary=local_target, environ=insecure
+        )
     # Local repositories are what the opt-out is for; a solo job exchanges nothing.
     local = IcechunkTarget(
         name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
@@ -144,3 +152,22 @@ def test_a_retry_withdraws_its_failure_marker_before_working(tmp_path: Path) -> 
     make_job(tmp_path, 1, total=3).run(work=slow, message="m")
     assert seen_while_working and marker not in seen_while_working[0]
     assert result_name(1) in first.rendezvous.arrived()
+
+
+def test_a_worker_that_cannot_open_the_setup_leaves_a_marker(tmp_path: Path) -> None:
+    make_job(tmp_path, 0, total=3).run(work=lambda stores: None, prepare=prepare, message="m")
+    identity = WorkerIdentity(worker_index=1, workers_total=3, job_name="unit", job_uid="u")
+    stranger = CooperativeJob.for_identity(
+        identity,
+        rendezvous_url=str(tmp_path / "rv"),
+        primary=IcechunkTarget(
+            name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+        ),
+        environ={"ICECHUNK_COOP_SECRET": "another-secret-0123456789abcdef"},
+    )
+    with pytest.raises(PayloadAuthenticationError):
+        stranger.run(work=lambda stores: None, message="m")
+    # The last worker is told at once instead of waiting out its deadline.
+    assert result_name(1) + FAILED_SUFFIX in stranger.rendezvous.arrived()
+    with pytest.raises(PayloadAuthenticationError, match=r"result-1\.failed"):
+        make_job(tmp_path, 2, total=3).run(work=lambda stores: None, message="m")

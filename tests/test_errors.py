@@ -8,6 +8,8 @@ import pytest
 
 import icechunk_coop
 from icechunk_coop import (
+    AlreadyCommittedError,
+    BranchKeptMovingError,
     CommitConflictError,
     ConfigurationError,
     CoopError,
@@ -52,6 +54,8 @@ CASES: list[tuple[CoopError, tuple[type[BaseException], ...], bool]] = [
         False,
     ),
     (ShrinkRefusedError(job="j", dimension="init_time", visible=8, final=7), (CoopError,), False),
+    (BranchKeptMovingError(job="j", attempts=3, committed=["replica0"]), (CoopError,), True),
+    (AlreadyCommittedError(job="j", snapshot=None), (CoopError,), False),
 ]
 
 

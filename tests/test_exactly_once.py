@@ -18,7 +18,7 @@ import zarr
 
 from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity
 from icechunk_coop import cooperative as coop
-from icechunk_coop.cooperative import COMMITTED, METADATA_KEY, PLAN, job_branch_name
+from icechunk_coop.cooperative import COMMITTED, METADATA_KEY, PLAN, job_branch_prefix
 
 SECRET = "exactly-once-secret-0123456789ab"
 
@@ -111,7 +111,7 @@ def test_the_commit_is_found_however_far_main_moved_since(
     assert len(job_commits(tmp_path)) == 1
     # What the dead finalizer left undone is done now.
     repo = icechunk.Repository.open(storage(tmp_path, "repo"))
-    assert job_branch_name("eo-u") not in repo.list_branches()
+    assert repo.list_branches() == {"main"}
     assert again.rendezvous.arrived() == {COMMITTED}
 
 
@@ -149,28 +149,54 @@ def test_a_restarted_finalizer_commits_the_pinned_results_to_the_rest(
     assert len(job_commits(tmp_path)) == 1 and len(job_commits(tmp_path, "replica")) == 1
 
 
+def empty(job: CooperativeJob) -> coop.WorkerOutcome:
+    # Writes nothing: a rebase over a twin's commit would be clean, so only the
+    # compare-and-set stands between a duplicate and a second commit.
+    return job.run(work=lambda stores: None, message="eo")
+
+
 def test_a_duplicate_finalizer_never_commits_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def empty(job: CooperativeJob) -> coop.WorkerOutcome:
-        # Writes nothing: the rebase over a duplicate's commit would be clean,
-        # so only the compare-and-set stands between us and a second commit.
-        return job.run(work=lambda stores: None, message="eo")
-
     run(make(tmp_path, 0))
     first, second = make(tmp_path, 1), make(tmp_path, 1)
-    original = CooperativeJob._provenance
-    fired: list[coop.WorkerOutcome] = []
+    original = icechunk.Repository.reset_branch
+    twin: list[coop.WorkerOutcome] = []
+    fired = [False]
 
-    def duplicate_commits_now(self: CooperativeJob, *args: Any) -> Any:
-        if self is second and not fired:
-            # ``second`` has read the tip; its twin commits the job right now.
-            fired.append(empty(first))
-        return original(self, *args)
+    def twin_commits_first(self: icechunk.Repository, *args: Any, **kw: Any) -> None:
+        if kw.get("from_snapshot_id") is not None and not fired[0]:
+            # ``first`` has checked the tip and committed to its own branch; just
+            # before it moves main, its twin runs the whole finalization.
+            fired[0] = True
+            twin.append(empty(second))
+        original(self, *args, **kw)
 
-    monkeypatch.setattr(CooperativeJob, "_provenance", duplicate_commits_now)
-    outcome = empty(second)
-    assert fired and fired[0].status == "committed"
-    assert outcome.status == "committed"
-    assert outcome.snapshots["primary"] == fired[0].snapshots["primary"]
+    monkeypatch.setattr(icechunk.Repository, "reset_branch", twin_commits_first)
+    outcome = empty(first)
+    assert twin and twin[0].status == "committed"
+    assert outcome.status == "committed"  # it looked again and found its twin's commit
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    assert outcome.snapshots["primary"] == twin[0].snapshots["primary"]
+    assert repo.lookup_branch("main") == twin[0].snapshots["primary"]
+    assert len(job_commits(tmp_path)) == 1
+    assert not [b for b in repo.list_branches() if b.startswith(job_branch_prefix("eo-u"))]
+
+
+def test_a_solo_twin_that_looked_too_early_does_not_commit_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One-worker job, two pods: B finds nothing committed, then A does the whole
+    # job, then B reads its base (above A's commit) and must still notice.
+    a, b = make(tmp_path, 0, total=1), make(tmp_path, 0, total=1)
+    original = CooperativeJob._commit_state
+
+    def a_finishes_after_b_looked(self: CooperativeJob) -> Any:
+        state = original(self)
+        if self is b:
+            assert run(a).status == "committed"
+        return state
+
+    monkeypatch.setattr(CooperativeJob, "_commit_state", a_finishes_after_b_looked)
+    assert run(b).status == "already-committed"
     assert len(job_commits(tmp_path)) == 1

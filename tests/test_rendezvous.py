@@ -182,6 +182,15 @@ def test_remove_all(root_url: str) -> None:
     rv.remove_all()  # idempotent
 
 
+def test_remove_all_can_keep_a_marker(root_url: str) -> None:
+    rv = make(root_url)
+    for name in ("setup", "result-0", "committed"):
+        rv.publish(name, name)
+    rv.remove_all(keep=["committed"])
+    assert rv.arrived() == {"committed"}
+    assert rv.read("committed") == "committed"
+
+
 def test_requests_are_counted(root_url: str) -> None:
     rv = make(root_url)
     rv.publish("setup", 1)

@@ -4,6 +4,8 @@ The public API lives here; modules with a leading underscore are private.
 """
 
 from icechunk_coop._errors import (
+    AlreadyCommittedError,
+    BranchKeptMovingError,
     CommitConflictError,
     ConfigurationError,
     CoopError,
@@ -31,6 +33,8 @@ from icechunk_coop.dynamical import worker_share
 __all__ = [
     "INSECURE_ENV",
     "SECRET_ENV",
+    "AlreadyCommittedError",
+    "BranchKeptMovingError",
     "CommitConflictError",
     "ConfigurationError",
     "CoopError",

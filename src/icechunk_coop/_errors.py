@@ -201,3 +201,42 @@ class CommitConflictError(CoopError):
         self.target: str = target
         self.conflicts: list[str] = conflicts
         self.committed: list[str] = committed
+
+
+class BranchKeptMovingError(CoopError):
+    """Other writers moved a target branch during every commit attempt; a re-run can succeed."""
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, *, job: str, attempts: int, committed: list[str]) -> None:
+        done = (
+            f" Targets already committed by this job: {', '.join(committed)}."
+            if committed
+            else " No target holds this job's data."
+        )
+        super().__init__(
+            f"job {job!r}: a target branch moved during each of {attempts} commit attempts; "
+            f"nothing was overwritten.{done} Run the last worker again: it commits the same "
+            "results to the targets that do not hold them yet.",
+            job=job,
+            attempts=attempts,
+            committed=committed,
+        )
+        self.job: str = job
+        self.attempts: int = attempts
+        self.committed: list[str] = committed
+
+
+class AlreadyCommittedError(CoopError):
+    """The job's commit is already on the primary: there is nothing left to do."""
+
+    def __init__(self, *, job: str, snapshot: str | None) -> None:
+        where = f"snapshot {snapshot}" if snapshot else "its rendezvous says so"
+        super().__init__(
+            f"job {job!r} is already committed ({where}); nothing to do. "
+            "A new run of the same work needs a new job (another name or uid).",
+            job=job,
+            snapshot=snapshot,
+        )
+        self.job: str = job
+        self.snapshot: str | None = snapshot

@@ -325,12 +325,20 @@ class Rendezvous:
         """Remove the failure marker of ``name`` (a retry is under way)."""
         self._delete(name + FAILED_SUFFIX)
 
-    def remove_all(self) -> None:
-        """Delete this job's whole namespace."""
+    def remove_all(self, *, keep: Iterable[str] = ()) -> None:
+        """Delete this job's whole namespace, except the blobs named in ``keep``."""
+        kept = {_check_name(n) for n in keep}
         self.requests.add("delete")
         self._fresh(self._root)
         with contextlib.suppress(FileNotFoundError):
-            self._fs.rm(self._root, recursive=True)
+            if not kept:
+                self._fs.rm(self._root, recursive=True)
+            else:
+                self.requests.add("list")
+                entries = [str(e).rstrip("/") for e in self._fs.ls(self._root, detail=False)]
+                doomed = [e for e in entries if e.rsplit("/", 1)[-1] not in kept]
+                if doomed:
+                    self._fs.rm(doomed)  # one bulk request on S3
         self._fresh(self._root)
 
     # ---- waiting -------------------------------------------------------------

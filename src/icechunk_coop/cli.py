@@ -34,7 +34,7 @@ from icechunk_coop._errors import (
 from icechunk_coop._payload import SECRET_ENV, Sealer
 from icechunk_coop._rendezvous import FAILED_SUFFIX, JobListing, Rendezvous, list_jobs
 from icechunk_coop._storage import icechunk_storage
-from icechunk_coop.cooperative import COMMITTED, SETUP, job_branch_name
+from icechunk_coop.cooperative import COMMITTED, SETUP, job_of_branch
 
 __all__ = ["main", "run_local"]
 
@@ -259,11 +259,12 @@ def clean(
         out.write(f"removed {url.rstrip('/')}/{job_id}\n")
     for repo_url in repos:
         repo = icechunk.Repository.open(icechunk_storage(repo_url))
-        wanted = {job_branch_name(j) for j in chosen}
         if job is None:  # by age: every temporary branch of a job no longer in the rendezvous
-            live = {job_branch_name(j) for j in jobs if j not in chosen}
-            wanted |= {b for b in repo.list_branches() if b.startswith("icechunk-coop/")} - live
-        for branch in sorted(wanted & set(repo.list_branches())):
+            live = {j for j in jobs if j not in chosen}
+            doomed = {j for b in repo.list_branches() if (j := job_of_branch(b))} - live
+        else:
+            doomed = {job}
+        for branch in sorted(b for b in repo.list_branches() if job_of_branch(b) in doomed):
             repo.delete_branch(branch)
             out.write(f"deleted branch {branch} in {repo_url}\n")
     return chosen

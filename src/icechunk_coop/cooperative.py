@@ -40,8 +40,11 @@ import attrs
 import icechunk
 
 from icechunk_coop._errors import (
+    AlreadyCommittedError,
+    BranchKeptMovingError,
     CommitConflictError,
     ConfigurationError,
+    ForeignPayloadError,
     ForeignResultError,
     MissingSecretError,
     WorkersTotalMismatchError,
@@ -65,7 +68,8 @@ __all__ = [
     "get_merged_sessions",
     "is_first_worker",
     "is_last_worker",
-    "job_branch_name",
+    "job_branch_prefix",
+    "job_of_branch",
     "result_name",
 ]
 
@@ -97,15 +101,35 @@ def result_name(index: int) -> str:
     return f"result-{index}"
 
 
-def job_branch_name(job_id: str) -> str:
-    """The temporary branch a job's forks are based on (deleted after the commit)."""
-    return f"icechunk-coop/{job_id}"
+BRANCH_PREFIX = "icechunk-coop/"
+
+
+def job_branch_prefix(job_id: str) -> str:
+    """Where a job's temporary branches live: ``icechunk-coop/<job>/<attempt>``.
+
+    Each merge attempt of a finalizer gets a branch of its own, so two copies
+    of the last worker never reset or delete each other's work in progress.
+    All of them are deleted after the commit (``icechunk-coop clean`` removes
+    those of jobs that died).
+    """
+    return f"{BRANCH_PREFIX}{job_id}/"
+
+
+def job_of_branch(branch: str) -> str | None:
+    """The job a temporary branch belongs to, or None for any other branch."""
+    if not branch.startswith(BRANCH_PREFIX):
+        return None
+    return branch[len(BRANCH_PREFIX) :].split("/", 1)[0] or None
+
+
+def _is_local_url(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
 
 
 def _is_local(target: Target) -> bool:
     """Whether a target lives on this machine's filesystem (no credentials involved)."""
     if isinstance(target, ZarrTarget):
-        return "://" not in target.url or target.url.startswith("file://")
+        return _is_local_url(target.url)
     # icechunk.Storage exposes its kind only through its repr; anything else fails closed.
     return "type: local filesystem" in repr(target.storage)
 
@@ -122,8 +146,9 @@ def _describe(conflict: icechunk.Conflict) -> str:
 
 
 def _summary(exc: BaseException) -> str:
-    last = traceback.format_exception_only(exc)[-1].strip()
-    return last[:1500]
+    # Every non-blank line: icechunk's errors span several, and their last is blank.
+    lines = traceback.format_exception_only(exc)
+    return " ".join(" ".join(line.split()) for line in lines if line.strip())[:1500]
 
 
 def _jsonable(result: Any, index: int) -> Any:
@@ -151,6 +176,7 @@ class Forks:
 class Merged:
     """The last worker's view: merged writable sessions and every worker's result."""
 
+    branch: str
     sessions: Mapping[str, icechunk.Session] = attrs.field(repr=False)
     repos: Mapping[str, icechunk.Repository] = attrs.field(repr=False)
     zarr_stores: Mapping[str, StagedMetadataStore] = attrs.field(repr=False)
@@ -198,13 +224,15 @@ class CooperativeJob:
             )
         if not self._solo and not self.rendezvous.sealer.authenticated:
             remote = [t.name for t in self.targets if not _is_local(t)]
+            if not _is_local_url(self.rendezvous.url):
+                remote.append(f"rendezvous {self.rendezvous.url}")
             if remote:
                 # Unsealed frames are readable by anyone who can list the bucket, and a
                 # pickled session carries its storage configuration: keep the opt-out
                 # to repositories on this machine, where there is no credential to leak.
                 raise MissingSecretError(
                     f"job {self.job_id!r}: {INSECURE_ENV} is for local development and "
-                    f"target(s) {', '.join(remote)} are not local; set {SECRET_ENV} to the "
+                    f"{', '.join(remote)} are not local; set {SECRET_ENV} to the "
                     "same random value in every worker (e.g. from a Kubernetes Secret)"
                 )
 
@@ -330,7 +358,6 @@ class CooperativeJob:
 
     def _prepare_setup(self, prepare: Prepare | None) -> dict[str, Any]:
         token = uuid.uuid4().hex
-        branch = job_branch_name(self.job_id)
         prepared: dict[str, icechunk.ForkSession] = {}
         staging: dict[str, StagedMetadataStore] = {}
         state: dict[str, dict[str, Any]] = {}
@@ -344,6 +371,13 @@ class CooperativeJob:
             # Worker 0 moves no ref at all; only the finalizer uses the job branch,
             # so two copies of worker 0 (a duplicated pod) cannot trip each other.
             session = repo.writable_session(target.branch)
+            if target is self.primary:
+                # A twin of this worker may have finished the whole job after our
+                # first look: a base read now would sit above the job's commit, and
+                # every later check scans only down to the base.
+                found = self._find_job_commit(repo, session.snapshot_id, None)
+                if found is not None:
+                    raise AlreadyCommittedError(job=self.job_id, snapshot=found)
             prepared[target.name] = session.fork()
             state[target.name] = {"kind": "icechunk", "base": session.snapshot_id}
         stores = self._stores({**{k: v.store for k, v in prepared.items()}, **staging})
@@ -359,7 +393,6 @@ class CooperativeJob:
             "token": token,
             "job": self.job_id,
             "workers_total": self.identity.workers_total,
-            "branch": branch,
             "targets": state,
             "created": time.time(),
         }
@@ -403,6 +436,11 @@ class CooperativeJob:
                     won, setup = self.rendezvous.publish_once(SETUP, setup, content="pickle")
                     if not won:
                         log.info("%s: another copy of worker 0 published first", self._where())
+                    elif self.rendezvous.read(COMMITTED) is not None:
+                        # Ours landed only because a finished job's namespace was
+                        # cleaned (COMMITTED outlives the cleanup): it is done.
+                        self.rendezvous.remove(SETUP)
+                        raise AlreadyCommittedError(job=self.job_id, snapshot=None)
         else:
             setup = self.rendezvous.wait_for(SETUP, content="pickle")
         self._check_total(setup)
@@ -487,7 +525,7 @@ class CooperativeJob:
         sessions: dict[str, icechunk.Session] = {}
         repos: dict[str, icechunk.Repository] = {}
         zarr_stores: dict[str, StagedMetadataStore] = {}
-        branch = setup["branch"]
+        branch = job_branch_prefix(self.job_id) + uuid.uuid4().hex[:12]
         for target in self.targets:
             state = setup["targets"][target.name]
             if isinstance(target, ZarrTarget):
@@ -496,17 +534,13 @@ class CooperativeJob:
                 )
                 continue
             repo = target.open(create=False)
-            if branch in repo.list_branches():
-                repo.reset_branch(branch, state["base"])
-            else:
-                repo.create_branch(branch, state["base"])
+            repo.create_branch(branch, state["base"])
             session = repo.writable_session(branch)
-            if session.snapshot_id != state["base"]:  # pragma: no cover - reset just did this
-                raise ConfigurationError(f"job branch {branch!r} is not at the setup's base")
             session.merge(state["prepared"], *[b["forks"][target.name] for b in blobs])
             sessions[target.name], repos[target.name] = session, repo
         stores = self._stores({**{k: v.store for k, v in sessions.items()}, **zarr_stores})
         return Merged(
+            branch=branch,
             sessions=sessions,
             repos=repos,
             zarr_stores=zarr_stores,
@@ -583,7 +617,7 @@ class CooperativeJob:
             tip = tips[target.name]
             if tip != base:
                 log.info("%s: %s moved since setup; rebasing", self._where(), target.name)
-                repo.reset_branch(setup["branch"], tip)
+                repo.reset_branch(merged.branch, tip)
                 try:
                     session.rebase(icechunk.ConflictDetector())
                 except icechunk.RebaseFailedError as exc:
@@ -612,9 +646,9 @@ class CooperativeJob:
                     allow_empty=True,
                 )
                 repo.reset_branch(target.branch, snapshot, from_snapshot_id=tips[target.name])
-            except (icechunk.ConflictError, icechunk.RefNotFoundError) as exc:
-                # The target moved, or a duplicate of this finalizer moved or removed
-                # the job branch: the next attempt looks again and finds out which.
+            except icechunk.ConflictError as exc:
+                # The target moved: the next attempt looks again (and finds our twin's
+                # commit, if that is what moved it).
                 log.warning(
                     "%s: %s moved while committing (%s); trying again",
                     self._where(),
@@ -643,19 +677,22 @@ class CooperativeJob:
         blobs = self.pin_plan(setup, blobs)
         snapshots: dict[str, str] = {}
         for attempt in range(1, self.commit_attempts + 1):
-            merged = self.merge(setup, blobs)
-            if finalize is not None:
-                finalize(merged.stores, merged.results)
-            snapshots, finished = self._commit_once(setup, merged, message)
+            try:
+                merged = self.merge(setup, blobs)
+                if finalize is not None:
+                    finalize(merged.stores, merged.results)
+                snapshots, finished = self._commit_once(setup, merged, message)
+            except icechunk.RefNotFoundError as exc:
+                # A twin finalizer that finished deleted our temporary branch under
+                # us: look again, and find its commit.
+                log.warning("%s: %s; looking again", self._where(), _summary(exc)[:200])
+                continue
             if finished:
                 self._after_commit(snapshots)
                 return snapshots
             log.info("%s: commit attempt %d did not land", self._where(), attempt)
-        raise CommitConflictError(
-            job=self.job_id,
-            target="(branch kept moving)",
-            conflicts=[f"the target branch moved during each of {self.commit_attempts} attempts"],
-            committed=sorted(snapshots),
+        raise BranchKeptMovingError(
+            job=self.job_id, attempts=self.commit_attempts, committed=sorted(snapshots)
         )
 
     def pin_plan(
@@ -668,36 +705,41 @@ class CooperativeJob:
         again meanwhile and published a different result: otherwise a replica
         and the primary would hold different data for one job. So the first
         finalizer stores the results it merges (put-if-absent) before any
-        target moves, and every later attempt commits exactly those.
+        target moves, and every later attempt commits exactly those. (Plain
+        zarr targets get their chunks from the workers directly: a worker run
+        again after the plan was pinned rewrites them there.)
         """
         if self._solo:
             return list(blobs)
         plan = {"token": setup["token"], "blobs": list(blobs)}
         won, pinned = self.rendezvous.publish_once(PLAN, plan, content="pickle")
         if pinned.get("token") != setup["token"]:
-            raise ForeignResultError(
-                job=self.job_id,
-                worker_index=self.identity.worker_index,
-                reason="the pinned commit plan belongs to another setup of this job; "
-                f"remove it ({self.rendezvous.location(PLAN)}) only if no target holds the job",
+            raise ForeignPayloadError(
+                location=self.rendezvous.location(PLAN),
+                reason="this commit plan was pinned by another setup of this job; remove it "
+                "only if no target holds the job",
             )
         if not won:
             log.info("%s: committing the results an earlier attempt pinned", self._where())
         return list(pinned["blobs"])
 
     def _after_commit(self, snapshots: Mapping[str, str]) -> None:
-        branch = job_branch_name(self.job_id)
+        prefix = job_branch_prefix(self.job_id)
         for target in self.targets:
             if isinstance(target, IcechunkTarget):
-                try:
-                    target.open(create=False).delete_branch(branch)
-                except icechunk.IcechunkError as exc:  # already gone: fine
-                    log.debug("deleting %s: %s", branch, exc)
+                repo = target.open(create=False)
+                for branch in sorted(b for b in repo.list_branches() if b.startswith(prefix)):
+                    try:
+                        repo.delete_branch(branch)
+                    except icechunk.IcechunkError as exc:  # a twin deleted it first: fine
+                        log.debug("deleting %s: %s", branch, exc)
         if self._solo:
             return
-        if self.cleanup:
-            self.rendezvous.remove_all()
+        # COMMITTED first, and the cleanup keeps it: there is never a moment when
+        # a late worker finds neither the marker nor the setup.
         self.rendezvous.publish(COMMITTED, {"snapshots": dict(snapshots), "at": time.time()})
+        if self.cleanup:
+            self.rendezvous.remove_all(keep=(COMMITTED,))
 
     # ---- the one call per worker ---------------------------------------------
 
@@ -720,19 +762,17 @@ class CooperativeJob:
         i = self.identity
         seconds: dict[str, float] = {}
         started = time.monotonic()
-        state = self._commit_state()
-        if state is not None:
-            kind, found = state
-            log.info("%s: the job already committed; nothing to do", self._where())
-            if kind == "found":
-                # Its finalizer died between the primary's commit and the cleanup.
-                self._after_commit({self.primary.name: str(found)})
-            return WorkerOutcome(
-                job_id=self.job_id, worker_index=i.worker_index, status="already-committed"
-            )
         setup_published = False
         try:
-            setup = self.setup(prepare)
+            # Inside the try: a setup this worker cannot open (another secret or
+            # icechunk version) must leave a failure marker, or peers wait it out.
+            state = self._commit_state()
+            if state is not None:
+                return self._already_committed(found=state[1])
+            try:
+                setup = self.setup(prepare)
+            except AlreadyCommittedError as exc:
+                return self._already_committed(found=exc.snapshot)
             setup_published = True
             seconds["setup"] = time.monotonic() - started
             plan = None
@@ -778,6 +818,16 @@ class CooperativeJob:
             result=result,
             snapshots=snapshots,
             seconds=seconds,
+        )
+
+    def _already_committed(self, *, found: str | None) -> WorkerOutcome:
+        log.info("%s: the job already committed; nothing to do", self._where())
+        if found is not None:
+            # Found on the primary, not from the marker: its finalizer may have died
+            # between the commit and the cleanup. Finish that (it is idempotent).
+            self._after_commit({self.primary.name: found})
+        return WorkerOutcome(
+            job_id=self.job_id, worker_index=self.identity.worker_index, status="already-committed"
         )
 
     def _report_failure(self, exc: BaseException, setup_published: bool) -> None:
