@@ -10,8 +10,9 @@ The flow (one job, N workers, every step idempotent)::
                       publish RESULT[i] = {its W, its JSON result}.
     worker N-1        wait for all RESULT and pin them as PLAN (put-if-absent,
                       so a restarted finalizer commits the very same results
-                      to the targets left); open a session on the job branch
-                      reset to S0 (the forks' own base), merge M and every W,
+                      to the targets left); open a session on a temporary
+                      branch of its own created at S0 (the forks' own base),
+                      merge M and every W,
                       write final metadata, rebase over whatever landed on the
                       target since S0 with conflict detection (every target
                       first), then commit replicas and, last, the primary,
