@@ -21,6 +21,12 @@ def _indexes(values: Iterable[int]) -> str:
     return ", ".join(str(v) for v in sorted(values)) or "none"
 
 
+def _committed_phrase(committed: list[str]) -> str:
+    if committed:
+        return f" Targets already committed by this job: {', '.join(committed)}."
+    return " No target holds this job's data."
+
+
 class CoopError(Exception):
     """Root of every error icechunk-coop raises on purpose.
 
@@ -183,11 +189,7 @@ class CommitConflictError(CoopError):
     def __init__(
         self, *, job: str, target: str, conflicts: list[str], committed: list[str]
     ) -> None:
-        done = (
-            f" Targets already committed by this job: {', '.join(committed)}."
-            if committed
-            else " No target holds this job's data."
-        )
+        done = _committed_phrase(committed)
         super().__init__(
             f"job {job!r}: another writer committed to target {target!r} after this job "
             f"forked, and it overlaps this job's changes: {'; '.join(conflicts)}. Nothing was "
@@ -209,11 +211,7 @@ class BranchKeptMovingError(CoopError):
     retryable: ClassVar[bool] = True
 
     def __init__(self, *, job: str, attempts: int, committed: list[str]) -> None:
-        done = (
-            f" Targets already committed by this job: {', '.join(committed)}."
-            if committed
-            else " No target holds this job's data."
-        )
+        done = _committed_phrase(committed)
         super().__init__(
             f"job {job!r}: a target branch moved during each of {attempts} commit attempts; "
             f"nothing was overwritten.{done} Run the last worker again: it commits the same "
