@@ -137,26 +137,25 @@ def test_backfill_by_one_and_by_eight_agree_then_update_appends(
 
 
 @pytest.mark.slow
-def test_update_never_shrinks_what_readers_see(tmp_path: Path, base_env: dict[str, str]) -> None:
-    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
-    env = {**base_env, "WORKERS_TOTAL": "1"}
-    backfill = [sys.executable, EXAMPLE, "backfill", "--end", "2025-01-03T00:00Z"]
-    subprocess.run(
-        [*backfill, "--repo", repo, "--rendezvous", rv],
-        env={**env, "WORKER_INDEX": "0", "JOB_NAME": "bf"},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    # An update whose last init time (2025-01-02T18Z) is not published yet at its start.
-    proc = subprocess.run(
-        [sys.executable, EXAMPLE, "update", "--repo", repo, "--rendezvous", rv],
-        env={**env, "WORKER_INDEX": "0", "JOB_NAME": "up", "JOB_START": "2025-01-02T20:00Z"},
+def solo(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """The example as a one-worker job (no rendezvous traffic), its exit code kept."""
+    return subprocess.run(
+        [sys.executable, EXAMPLE, *argv],
+        env={**env, "WORKER_INDEX": "0", "WORKERS_TOTAL": "1"},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_update_never_shrinks_what_readers_see(tmp_path: Path, base_env: dict[str, str]) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    where = ["--repo", repo, "--rendezvous", rv]
+    done = solo({**base_env, "JOB_NAME": "bf"}, "backfill", "--end", "2025-01-03T00:00Z", *where)
+    assert done.returncode == 0, done.stderr
+    # An update whose last init time (2025-01-02T18Z) is not published yet at its start.
+    proc = solo({**base_env, "JOB_NAME": "up", "JOB_START": "2025-01-02T20:00Z"}, "update", *where)
     assert proc.returncode == 2, proc.stderr  # not retryable
     assert "ShrinkRefusedError" in proc.stderr
     assert "'init_time' from 8" in proc.stderr
@@ -166,18 +165,7 @@ def test_update_never_shrinks_what_readers_see(tmp_path: Path, base_env: dict[st
 
 
 def test_update_needs_a_job_start(tmp_path: Path, base_env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, EXAMPLE, "update", "--repo", str(tmp_path / "r"), "--rendezvous", "x"],
-        env={
-            **base_env,
-            "WORKER_INDEX": "0",
-            "WORKERS_TOTAL": "1",
-            "JOB_NAME": f"u{uuid.uuid4().hex[:6]}",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = {**base_env, "JOB_NAME": f"u{uuid.uuid4().hex[:6]}"}
+    proc = solo(env, "update", "--repo", str(tmp_path / "r"), "--rendezvous", "x")
     assert proc.returncode == 2, proc.stderr  # not retryable
     assert "JOB_START" in proc.stderr
