@@ -1,4 +1,4 @@
-"""Protocol checks that need no second process: refusals before merging, solo jobs."""
+"""Protocol checks that need no second process: refusals before merging, solo jobs, step API."""
 
 from __future__ import annotations
 
@@ -18,17 +18,21 @@ from icechunk_coop import (
     Stores,
     WorkerIdentity,
     WorkersTotalMismatchError,
+    commit_merged,
+    get_forked_session,
+    get_merged_sessions,
+    publish_result,
 )
-from icechunk_coop._rendezvous import FAILED_SUFFIX
-from icechunk_coop.cooperative import result_name
+from icechunk_coop._records import FAILED_SUFFIX, Result, result_name
+from icechunk_coop.testing import job_commits
 
 SECRET = "unit-secret-0123456789abcdef0123"
 
 
 def make_job(tmp_path: Path, index: int, total: int = 2) -> CooperativeJob:
     identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="unit", job_uid="u")
-    return CooperativeJob.for_identity(
-        identity,
+    return CooperativeJob.create(
+        identity=identity,
         rendezvous_url=str(tmp_path / "rv"),
         primary=IcechunkTarget(
             name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
@@ -43,34 +47,73 @@ def prepare(stores: Stores) -> None:
     )
 
 
+def plant_result_1(job: CooperativeJob, token: str, workers_total: int = 3) -> None:
+    """A result-1 sealed with the right secret, but of another setup or total."""
+    forks = get_forked_session(job)
+    stale = Result(
+        token=token,
+        index=1,
+        workers_total=workers_total,
+        forks={"primary": forks.forks["primary"].session},
+    )
+    job.meeting.publish(result_name(1), stale)
+
+
 def test_a_result_from_another_setup_is_refused_by_index(tmp_path: Path) -> None:
-    first, last = make_job(tmp_path, 0), make_job(tmp_path, 1)
-    forks = first.forks(first.setup(prepare))
-    first.publish_result(forks, {"ok": True})
-    # A stale result-1 of an earlier setup of the same job, sealed with the right secret.
-    stale = dict(last._result_blob(forks, {"stale": True}), token="an-older-setup", index=1)
-    last.rendezvous.publish(result_name(1), stale, content="pickle")
+    first, last = make_job(tmp_path, 0, 3), make_job(tmp_path, 2, 3)
+    publish_result(first, get_forked_session(first, prepare), {"ok": True})
+    plant_result_1(last, token="an-older-setup")
     with pytest.raises(ForeignResultError, match="worker 1") as info:
-        last.collect_results(last.setup())
+        get_merged_sessions(last, get_forked_session(last))
     assert info.value.worker_index == 1
     assert "another setup" in str(info.value)
 
 
 def test_a_result_claiming_another_total_is_refused(tmp_path: Path) -> None:
-    first, last = make_job(tmp_path, 0), make_job(tmp_path, 1)
-    forks = first.forks(first.setup(prepare))
-    first.publish_result(forks, None)
-    last.rendezvous.publish(
-        result_name(1), dict(last._result_blob(forks, None), workers_total=5), content="pickle"
-    )
+    first, last = make_job(tmp_path, 0, 3), make_job(tmp_path, 2, 3)
+    forks = get_forked_session(first, prepare)
+    publish_result(first, forks, None)
+    plant_result_1(last, token=forks.setup.token, workers_total=5)
     with pytest.raises(WorkersTotalMismatchError, match="WORKERS_TOTAL=5"):
-        last.collect_results(last.setup())
+        get_merged_sessions(last, get_forked_session(last))
 
 
 def test_results_must_be_json(tmp_path: Path) -> None:
     job = make_job(tmp_path, 0, total=1)
     with pytest.raises(ConfigurationError, match="not JSON-serialisable"):
         job.run(work=lambda stores: {1, 2}, prepare=prepare, message="m")
+
+
+def test_the_steps_one_by_one_commit_once(tmp_path: Path) -> None:
+    """The step API end to end: fork, write, publish, merge, final metadata, commit."""
+    workers = [make_job(tmp_path, i, 3) for i in range(3)]
+
+    def write(stores: Stores, i: int) -> None:
+        zarr.open_array(stores.primary, path="a", mode="r+")[i] = 10 + i
+
+    def finalize(stores: Stores, results: list[object]) -> None:
+        zarr.open_group(stores.primary, mode="a").attrs["results"] = results
+
+    for i, job in enumerate(workers[:2]):
+        forks = get_forked_session(job, prepare if i == 0 else None)
+        write(forks.stores, i)
+        publish_result(job, forks, i)
+        with pytest.raises(ConfigurationError, match="only the last worker merges"):
+            get_merged_sessions(job, forks)
+    last = workers[2]
+    forks = get_forked_session(last)
+    write(forks.stores, 2)
+    merged = get_merged_sessions(last, forks, 2)
+    assert merged.results == [0, 1, 2]
+    finalize(merged.stores, merged.results)
+    snapshots = commit_merged(last, merged, message="steps", finalize=finalize)
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    assert job_commits(repo, "unit-u") == [snapshots["primary"]]
+    root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+    assert list(root["a"][:]) == [10, 11, 12, 0]
+    assert root.attrs["results"] == [0, 1, 2]
+    assert repo.list_branches() == {"main"}
+    assert last.is_committed()
 
 
 def test_a_solo_job_commits_once_and_a_rerun_is_a_no_op(tmp_path: Path) -> None:
@@ -86,7 +129,8 @@ def test_a_solo_job_commits_once_and_a_rerun_is_a_no_op(tmp_path: Path) -> None:
     assert again.status == "already-committed"
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
     assert len(list(repo.ancestry(branch="main"))) == 2
-    assert not (tmp_path / "rv").exists()
+    assert not (tmp_path / "rv").exists()  # a one-worker job exchanges nothing through storage
+    assert not job.meeting.stored
 
 
 def test_duplicate_target_names_are_refused(tmp_path: Path) -> None:
@@ -94,7 +138,7 @@ def test_duplicate_target_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="unique"):
         CooperativeJob(
             identity=job.identity,
-            rendezvous=job.rendezvous,
+            meeting=job.meeting,
             primary=job.primary,
             replicas=(job.primary,),
         )
@@ -107,28 +151,26 @@ def test_insecure_mode_is_refused_for_remote_repositories(tmp_path: Path) -> Non
         name="primary",
         storage=icechunk.s3_storage(bucket="b", prefix="p", region="us-east-1", from_env=True),
     )
+    rv = str(tmp_path / "rv")
     with pytest.raises(MissingSecretError, match=r"not local.*ICECHUNK_COOP_SECRET") as info:
-        CooperativeJob.for_identity(
-            identity, rendezvous_url=str(tmp_path / "rv"), primary=remote, environ=insecure
+        CooperativeJob.create(
+            identity=identity, rendezvous_url=rv, primary=remote, environ=insecure
         )
     assert "'unit-u'" in str(info.value) and "primary" in str(info.value)
-    local_target = IcechunkTarget(
-        name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-    )
-    with pytest.raises(MissingSecretError, match="rendezvous s3://b/rv"):
-        CooperativeJob.for_identity(
-            identity, rendezvous_url="s3://b/rv", primary=local_target, environ=insecure
-        )
-    # Local repositories are what the opt-out is for; a solo job exchanges nothing.
     local = IcechunkTarget(
         name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
     )
-    job = CooperativeJob.for_identity(
-        identity, rendezvous_url=str(tmp_path / "rv"), primary=local, environ=insecure
+    with pytest.raises(MissingSecretError, match="rendezvous s3://b/rv"):
+        CooperativeJob.create(
+            identity=identity, rendezvous_url="s3://b/rv", primary=local, environ=insecure
+        )
+    # Local repositories are what the opt-out is for; a solo job exchanges nothing.
+    job = CooperativeJob.create(
+        identity=identity, rendezvous_url=rv, primary=local, environ=insecure
     )
-    assert not job.rendezvous.sealer.authenticated
+    assert job.meeting.stored
     solo = WorkerIdentity(worker_index=0, workers_total=1, job_name="unit", job_uid="u")
-    CooperativeJob.for_identity(solo, rendezvous_url=str(tmp_path / "rv"), primary=remote)
+    CooperativeJob.create(identity=solo, rendezvous_url=rv, primary=remote, environ={})
 
 
 def test_a_retry_withdraws_its_failure_marker_before_working(tmp_path: Path) -> None:
@@ -141,24 +183,24 @@ def test_a_retry_withdraws_its_failure_marker_before_working(tmp_path: Path) -> 
     with pytest.raises(RuntimeError):
         make_job(tmp_path, 1, total=3).run(work=fail, message="m")
     marker = result_name(1) + FAILED_SUFFIX
-    assert marker in first.rendezvous.arrived()
+    assert marker in first.meeting.arrived()
 
     seen_while_working: list[set[str]] = []
 
     def slow(stores: Stores) -> None:
         # What a peer retried at this moment would see: no marker to fail on.
-        seen_while_working.append(first.rendezvous.arrived())
+        seen_while_working.append(first.meeting.arrived())
 
     make_job(tmp_path, 1, total=3).run(work=slow, message="m")
     assert seen_while_working and marker not in seen_while_working[0]
-    assert result_name(1) in first.rendezvous.arrived()
+    assert result_name(1) in first.meeting.arrived()
 
 
 def test_a_worker_that_cannot_open_the_setup_leaves_a_marker(tmp_path: Path) -> None:
     make_job(tmp_path, 0, total=3).run(work=lambda stores: None, prepare=prepare, message="m")
     identity = WorkerIdentity(worker_index=1, workers_total=3, job_name="unit", job_uid="u")
-    stranger = CooperativeJob.for_identity(
-        identity,
+    stranger = CooperativeJob.create(
+        identity=identity,
         rendezvous_url=str(tmp_path / "rv"),
         primary=IcechunkTarget(
             name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
@@ -168,6 +210,6 @@ def test_a_worker_that_cannot_open_the_setup_leaves_a_marker(tmp_path: Path) -> 
     with pytest.raises(PayloadAuthenticationError):
         stranger.run(work=lambda stores: None, message="m")
     # The last worker is told at once instead of waiting out its deadline.
-    assert result_name(1) + FAILED_SUFFIX in stranger.rendezvous.arrived()
+    assert result_name(1) + FAILED_SUFFIX in stranger.meeting.arrived()
     with pytest.raises(PayloadAuthenticationError, match=r"result-1\.failed"):
         make_job(tmp_path, 2, total=3).run(work=lambda stores: None, message="m")

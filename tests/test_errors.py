@@ -1,8 +1,10 @@
-"""The error tree: its shape, what each error says about retrying, and pickling."""
+"""The error tree: its shape, its kinds, what each error says about retrying, and pickling."""
 
 from __future__ import annotations
 
+import math
 import pickle
+from typing import Any
 
 import pytest
 
@@ -11,64 +13,162 @@ from icechunk_coop import (
     AlreadyCommittedError,
     BranchKeptMovingError,
     CommitConflictError,
+    CommitOutcomeError,
     ConfigurationError,
     CoopError,
     ForeignPayloadError,
     ForeignResultError,
     IcechunkVersionError,
     IdentityError,
+    MissingLocationError,
     MissingSecretError,
     PayloadAuthenticationError,
     PayloadError,
     PayloadFormatError,
+    RetryableError,
+    ShrinkRefusedError,
+    StorageUnreachableError,
+    WaitPolicy,
     WaitTimeoutError,
     WorkerFailedError,
     WorkersTotalMismatchError,
+    dynamical,
 )
-from icechunk_coop.dynamical import ShrinkRefusedError
 
-# Every error, built as the library builds it: (error, its bases, retryable?).
-CASES: list[tuple[CoopError, tuple[type[BaseException], ...], bool]] = [
-    (ConfigurationError("bad url"), (CoopError, ValueError), False),
-    (IdentityError("WORKER_INDEX='x'"), (ConfigurationError,), False),
-    (MissingSecretError("no secret"), (ConfigurationError,), False),
-    (PayloadFormatError(location="s3://b/j/setup", reason="truncated"), (PayloadError,), False),
-    (PayloadAuthenticationError(location="l", reason="bad tag"), (PayloadError,), False),
-    (ForeignPayloadError(location="l", reason="job b"), (PayloadError,), False),
-    (IcechunkVersionError(location="l", reason="2.2"), (PayloadError,), False),
-    (
-        WaitTimeoutError(location="l", missing=["result-1"], expected=3, waited_seconds=2.0),
-        (CoopError, TimeoutError),
-        True,
-    ),
-    (WorkerFailedError(location="l", failures={"result-1": "boom"}, job="j"), (CoopError,), True),
-    (
-        WorkersTotalMismatchError(job="j", worker_index=1, expected=3, got=4),
-        (CoopError, ValueError),
-        False,
-    ),
-    (ForeignResultError(job="j", worker_index=2, reason="old setup"), (CoopError,), True),
-    (
-        CommitConflictError(job="j", target="primary", conflicts=["x at /a"], committed=[]),
-        (CoopError,),
-        False,
-    ),
-    (ShrinkRefusedError(job="j", dimension="init_time", visible=8, final=7), (CoopError,), False),
-    (BranchKeptMovingError(job="j", attempts=3, committed=["replica0"]), (CoopError,), True),
-    (AlreadyCommittedError(job="j", snapshot=None), (CoopError,), False),
+# The tree, pinned: each class's direct bases (in MRO order), retryable, kind.
+# A kind is a public name (logs, metrics, exit reports): changing one breaks
+# whoever keys on it, so this table changes only on purpose.
+TREE: dict[type[CoopError], tuple[tuple[type[BaseException], ...], bool, str]] = {
+    CoopError: ((Exception,), False, "coop"),
+    ConfigurationError: ((CoopError, ValueError), False, "configuration"),
+    IdentityError: ((ConfigurationError,), False, "identity"),
+    MissingSecretError: ((ConfigurationError,), False, "missing-secret"),
+    MissingLocationError: ((ConfigurationError,), False, "missing-location"),
+    WorkersTotalMismatchError: ((ConfigurationError,), False, "workers-total-mismatch"),
+    PayloadError: ((CoopError,), False, "payload"),
+    PayloadFormatError: ((PayloadError,), False, "payload-format"),
+    PayloadAuthenticationError: ((PayloadError,), False, "payload-authentication"),
+    ForeignPayloadError: ((PayloadError,), False, "foreign-payload"),
+    IcechunkVersionError: ((PayloadError,), False, "icechunk-version"),
+    RetryableError: ((CoopError,), True, "retryable"),
+    WaitTimeoutError: ((RetryableError, TimeoutError), True, "wait-timeout"),
+    WorkerFailedError: ((RetryableError,), True, "worker-failed"),
+    ForeignResultError: ((RetryableError,), True, "foreign-result"),
+    StorageUnreachableError: ((RetryableError,), True, "storage-unreachable"),
+    CommitOutcomeError: ((CoopError,), False, "commit-outcome"),
+    CommitConflictError: ((CommitOutcomeError,), False, "commit-conflict"),
+    AlreadyCommittedError: ((CommitOutcomeError,), False, "already-committed"),
+    ShrinkRefusedError: ((CommitOutcomeError,), False, "shrink-refused"),
+    BranchKeptMovingError: ((CommitOutcomeError, RetryableError), True, "branch-kept-moving"),
+}
+
+# Bases to catch, never raised as themselves by the library.
+ABSTRACT = {CoopError, PayloadError, RetryableError, CommitOutcomeError}
+
+# Every error, built as the library builds it.
+CASES: list[CoopError] = [
+    CoopError("demo: write failed in worker(s) 1; see the output above"),
+    ConfigurationError("bad url"),
+    IdentityError("WORKER_INDEX='x'"),
+    MissingSecretError("no secret"),
+    MissingLocationError(url="s3://nope/rv", role="rendezvous"),
+    MissingLocationError(url="s3://b/ro", role="target 'primary'", detail="AccessDenied"),
+    WorkersTotalMismatchError(job="j", worker_index=1, expected=3, got=5),
+    PayloadFormatError(location="s3://b/j/setup", reason="truncated"),
+    PayloadAuthenticationError(location="l", reason="bad tag"),
+    ForeignPayloadError(location="l", reason="job b"),
+    IcechunkVersionError(location="l", reason="2.2"),
+    WaitTimeoutError(location="l", missing=["result-1"], expected=3, waited_seconds=2.0),
+    WaitTimeoutError(location="l", missing=["setup"], expected=1, waited_seconds=9, job="j"),
+    WorkerFailedError(location="l", failures={"result-1": "boom"}, job="j"),
+    ForeignResultError(job="j", worker_index=2, reason="another setup"),
+    StorageUnreachableError(url="s3://b/rv", detail="connection refused"),
+    CommitConflictError(job="j", target="primary", conflicts=["x at /a"], committed=[]),
+    AlreadyCommittedError(job="j", snapshot=None),
+    AlreadyCommittedError(job="j", snapshot="ABC123"),
+    ShrinkRefusedError(job="j", dimension="init_time", visible=8, final=7),
+    BranchKeptMovingError(job="j", attempts=3, committed=["replica0"]),
 ]
 
 
-@pytest.mark.parametrize(("error", "bases", "retryable"), CASES, ids=lambda v: type(v).__name__)
-def test_tree_retryability_and_pickling(
-    error: CoopError, bases: tuple[type[BaseException], ...], retryable: bool
-) -> None:
-    for base in bases:
-        assert isinstance(error, base)
-    assert error.retryable is retryable
+def _library_subclasses(cls: type[CoopError]) -> set[type[CoopError]]:
+    # Only the library's own: the refused classes the tests below define are not.
+    direct = {sub for sub in cls.__subclasses__() if sub.__module__ == "icechunk_coop._errors"}
+    return direct.union(*(_library_subclasses(sub) for sub in direct))
+
+
+def _case_id(error: object) -> str:
+    return type(error).__name__
+
+
+@pytest.mark.parametrize("cls", list(TREE), ids=lambda cls: cls.__name__)
+def test_the_tree_is_pinned(cls: type[CoopError]) -> None:
+    bases, retryable, kind = TREE[cls]
+    assert cls.__bases__ == bases
+    assert cls.retryable is retryable
+    assert cls.kind == kind
+    # Catching a branch is the handler's whole decision: "retry" is exactly RetryableError.
+    assert cls.retryable is issubclass(cls, RetryableError)
+
+
+def test_the_tree_names_every_error_class() -> None:
+    # A class added to _errors.py (exported or not) must be placed in the tree here.
+    assert _library_subclasses(CoopError) | {CoopError} == set(TREE)
+
+
+def test_kinds_are_unique_and_stable() -> None:
+    kinds = {cls: cls.kind for cls in TREE}
+    assert len(set(kinds.values())) == len(kinds)
+    assert {cls.__name__: kind for cls, kind in kinds.items()} == {
+        "CoopError": "coop",
+        "ConfigurationError": "configuration",
+        "IdentityError": "identity",
+        "MissingSecretError": "missing-secret",
+        "MissingLocationError": "missing-location",
+        "WorkersTotalMismatchError": "workers-total-mismatch",
+        "PayloadError": "payload",
+        "PayloadFormatError": "payload-format",
+        "PayloadAuthenticationError": "payload-authentication",
+        "ForeignPayloadError": "foreign-payload",
+        "IcechunkVersionError": "icechunk-version",
+        "RetryableError": "retryable",
+        "WaitTimeoutError": "wait-timeout",
+        "WorkerFailedError": "worker-failed",
+        "ForeignResultError": "foreign-result",
+        "StorageUnreachableError": "storage-unreachable",
+        "CommitOutcomeError": "commit-outcome",
+        "CommitConflictError": "commit-conflict",
+        "AlreadyCommittedError": "already-committed",
+        "ShrinkRefusedError": "shrink-refused",
+        "BranchKeptMovingError": "branch-kept-moving",
+    }
+
+
+def test_the_compatibility_relations_hold() -> None:
+    # Callers that predate the tree catch the builtin bases; they must keep working.
+    assert issubclass(WorkersTotalMismatchError, ValueError)
+    assert issubclass(WaitTimeoutError, TimeoutError)
+    assert issubclass(MissingLocationError, ValueError)
+    assert issubclass(BranchKeptMovingError, CommitOutcomeError)
+    assert dynamical.ShrinkRefusedError is ShrinkRefusedError
+    assert "ShrinkRefusedError" in dynamical.__all__
+
+
+@pytest.mark.parametrize("error", CASES, ids=_case_id)
+def test_every_error_survives_pickling(error: CoopError) -> None:
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is type(error)
     assert str(back) == str(error)
+    assert back.args == error.args
+    assert vars(back) == vars(error)
+    assert back.message == str(error)
+
+
+def test_notes_survive_pickling() -> None:
+    error = WaitTimeoutError(location="l", missing=["result-1"], expected=3, waited_seconds=2.0)
+    error.add_note("while waiting for the setup")
+    back = pickle.loads(pickle.dumps(error))
+    assert back.__notes__ == ["while waiting for the setup"]
     assert vars(back) == vars(error)
 
 
@@ -78,8 +178,41 @@ def test_every_public_error_is_covered() -> None:
         for name in icechunk_coop.__all__
         if isinstance(obj := getattr(icechunk_coop, name), type) and issubclass(obj, CoopError)
     }
-    abstract = {CoopError, PayloadError}  # bases: never raised as themselves
-    assert public - abstract - {type(e) for e, _, _ in CASES} == set()
+    assert public - ABSTRACT - {type(e) for e in CASES} == set()
+    assert public == set(TREE)  # everything in the tree is exported
+
+
+def test_facts_are_stored_once_as_plain_attributes() -> None:
+    error = CommitConflictError(job="j", target="primary", conflicts=["x at /a"], committed=[])
+    assert vars(error) == {
+        "job": "j",
+        "target": "primary",
+        "conflicts": ["x at /a"],
+        "committed": [],
+        "message": str(error),
+    }
+
+
+def test_a_subclass_must_declare_its_own_kind() -> None:
+    with pytest.raises(TypeError, match="own kebab-case kind"):
+
+        class UnkindedError(RetryableError):  # inherits "retryable": ambiguous
+            pass
+
+    with pytest.raises(TypeError, match="kebab-case"):
+
+        class BadlyKindedError(CoopError):
+            kind = "Bad_Kind"
+
+
+def test_a_subclass_pickling_cannot_rebuild_is_refused() -> None:
+    with pytest.raises(TypeError, match="must name every parameter"):
+
+        class StarredError(CoopError):
+            kind = "starred"
+
+            def __init__(self, *parts: str) -> None:
+                super().__init__(" ".join(parts))
 
 
 def test_messages_carry_the_facts() -> None:
@@ -91,3 +224,70 @@ def test_messages_carry_the_facts() -> None:
         job="j", target="primary", conflicts=["x at /a"], committed=["replica0"]
     )
     assert "replica0" in str(conflict) and "x at /a" in str(conflict)
+    mismatch = WorkersTotalMismatchError(job="j", worker_index=1, expected=3, got=5)
+    assert "WORKERS_TOTAL=5" in str(mismatch) and "set up for 3" in str(mismatch)
+
+
+def test_missing_location_says_what_to_create() -> None:
+    plain = MissingLocationError(url="s3://nope/rv", role="rendezvous")
+    assert str(plain) == (
+        "rendezvous at s3://nope/rv does not exist or cannot be written. Create the bucket "
+        "(or fix the URL) and run the job again; nothing was written."
+    )
+    detailed = MissingLocationError(url="s3://b", role="target 'primary'", detail="NoSuchBucket")
+    assert str(detailed).startswith(
+        "target 'primary' at s3://b does not exist or cannot be written: NoSuchBucket. "
+    )
+    assert not detailed.retryable and isinstance(detailed, ValueError)
+
+
+def test_storage_unreachable_says_what_to_check() -> None:
+    error = StorageUnreachableError(url="http://minio:9000/b", detail="connection refused")
+    assert str(error) == (
+        "cannot reach the storage at http://minio:9000/b: connection refused. Check the "
+        "endpoint (AWS_ENDPOINT_URL), the network and the credentials; the worker can be "
+        "retried once it answers."
+    )
+    assert error.retryable
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("timeout", 0, "> 0"),
+        ("timeout", -5.0, "> 0"),
+        ("timeout", math.inf, "finite"),
+        ("timeout", math.nan, "finite"),
+        ("timeout", "60", "number of seconds"),
+        ("timeout", None, "number of seconds"),
+        ("timeout", True, "number of seconds"),
+        ("initial_interval", -1, "> 0"),
+        ("initial_interval", "0.1", "number of seconds"),
+        ("max_interval", 0, "> 0"),
+        ("max_interval", [10], "number of seconds"),
+        ("multiplier", 0.5, ">= 1"),
+        ("multiplier", "2", ">= 1"),
+        ("multiplier", math.inf, "finite"),
+        ("sleep", 3, "callable"),
+    ],
+)
+def test_wait_policy_refuses_bad_values_by_name(field: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        WaitPolicy(**{field: value})
+    message = str(caught.value)
+    assert field in message and expected in message and repr(value) in message, message
+    assert isinstance(caught.value, ValueError)  # callers catching ValueError still do
+
+
+def test_wait_policy_refuses_a_first_pause_longer_than_the_cap() -> None:
+    with pytest.raises(ConfigurationError, match="initial_interval=30 is longer than") as caught:
+        WaitPolicy(initial_interval=30, max_interval=10)
+    assert "Lower initial_interval or raise max_interval" in str(caught.value)
+    # The default initial_interval (0.25 s) counts too.
+    with pytest.raises(ConfigurationError, match=r"max_interval=0\.1"):
+        WaitPolicy(max_interval=0.1)
+
+
+def test_wait_policy_accepts_good_values() -> None:
+    policy = WaitPolicy(timeout=5, initial_interval=1, max_interval=1, multiplier=1)
+    assert policy.timeout == 5 and policy.initial_interval == policy.max_interval

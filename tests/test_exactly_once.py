@@ -1,8 +1,9 @@
 """Exactly once, under restarts and duplicates: in-process, local repositories.
 
-Deaths are simulated by raising ``Killed`` (a ``BaseException``, so no failure
-marker is written, as with a pod that is OOM-killed) at the exact step that
-matters; the end-to-end versions with real processes are in
+Deaths are simulated at the protocol's named crash points
+(``icechunk_coop.testing.at_crash_point`` raises ``Killed``, a
+``BaseException``, so no failure marker is written, as with a pod that is
+OOM-killed); the end-to-end versions with real processes are in
 ``test_cooperative.py``.
 """
 
@@ -12,19 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import icechunk
 import pytest
 import zarr
 
-from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity
-from icechunk_coop import cooperative as coop
-from icechunk_coop.cooperative import COMMITTED, METADATA_KEY, PLAN, job_branch_prefix
+from icechunk_coop import (
+    CooperativeJob,
+    IcechunkTarget,
+    Stores,
+    WorkerIdentity,
+    WorkerOutcome,
+    job_branch_prefix,
+)
+from icechunk_coop._records import COMMITTED, PLAN
+from icechunk_coop.testing import Killed, at_crash_point
+from icechunk_coop.testing import job_commits as commits_of
 
 SECRET = "exactly-once-secret-0123456789ab"
-
-
-class Killed(BaseException):
-    """The pod died here."""
 
 
 def storage(tmp_path: Path, name: str) -> icechunk.Storage:
@@ -32,18 +38,25 @@ def storage(tmp_path: Path, name: str) -> icechunk.Storage:
 
 
 def make(
-    tmp_path: Path, index: int, *, total: int = 2, replica: bool = False, cleanup: bool = True
+    tmp_path: Path,
+    index: int,
+    *,
+    total: int = 2,
+    replica: bool = False,
+    cleanup: bool = True,
+    scan: int = 500,
 ) -> CooperativeJob:
     identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="eo", job_uid="u")
     replicas = [IcechunkTarget(name="replica", storage=storage(tmp_path, "replica"))]
-    return CooperativeJob.for_identity(
-        identity,
+    job = CooperativeJob.create(
+        identity=identity,
         rendezvous_url=str(tmp_path / "rv"),
         primary=IcechunkTarget(name="primary", storage=storage(tmp_path, "repo")),
         replicas=replicas if replica else (),
         environ={"ICECHUNK_COOP_SECRET": SECRET},
         cleanup=cleanup,
     )
+    return attrs.evolve(job, ancestry_scan=scan)
 
 
 def prepare(stores: Stores) -> None:
@@ -68,12 +81,7 @@ def finalize(stores: Stores, results: list[Any]) -> None:
 
 
 def job_commits(tmp_path: Path, name: str = "repo") -> list[str]:
-    repo = icechunk.Repository.open(storage(tmp_path, name))
-    return [
-        info.id
-        for info in repo.ancestry(branch="main")
-        if ((info.metadata or {}).get(METADATA_KEY) or {}).get("job") == "eo-u"
-    ]
+    return commits_of(icechunk.Repository.open(storage(tmp_path, name)), "eo-u")
 
 
 def other_commits(tmp_path: Path, n: int) -> None:
@@ -84,58 +92,38 @@ def other_commits(tmp_path: Path, n: int) -> None:
         session.commit(f"other writer {k}")
 
 
-def run(job: CooperativeJob, value: int = 1) -> coop.WorkerOutcome:
+def run(job: CooperativeJob, value: int = 1) -> WorkerOutcome:
     work = writer(job.identity.worker_index, value)
     return job.run(work=work, prepare=prepare, finalize=finalize, message="eo")
 
 
-def test_the_commit_is_found_however_far_main_moved_since(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(coop, "_ANCESTRY_SCAN", 2)  # others commit more than the cap
-    run(make(tmp_path, 0))
-    original = CooperativeJob._after_commit
-
-    def die(self: CooperativeJob, snapshots: Any) -> None:
-        raise Killed
-
-    monkeypatch.setattr(CooperativeJob, "_after_commit", die)
-    with pytest.raises(Killed):  # the primary moved; no cleanup, no COMMITTED marker
-        run(make(tmp_path, 1))
-    monkeypatch.setattr(CooperativeJob, "_after_commit", original)
+def test_the_commit_is_found_however_far_main_moved_since(tmp_path: Path) -> None:
+    # Others commit more than the scan cap of a job that lost its setup.
+    run(make(tmp_path, 0, scan=2))
+    with at_crash_point("after-commit"), pytest.raises(Killed):
+        run(make(tmp_path, 1, scan=2))  # the primary moved; no cleanup, no COMMITTED marker
     other_commits(tmp_path, 5)
 
-    assert run(make(tmp_path, 0), value=7).status == "already-committed"  # a late retry
-    again = make(tmp_path, 1)
+    assert run(make(tmp_path, 0, scan=2), value=7).status == "already-committed"  # late retry
+    again = make(tmp_path, 1, scan=2)
     assert run(again).status == "already-committed"  # the restarted finalizer
     assert len(job_commits(tmp_path)) == 1
     # What the dead finalizer left undone is done now.
     repo = icechunk.Repository.open(storage(tmp_path, "repo"))
     assert repo.list_branches() == {"main"}
-    assert again.rendezvous.arrived() == {COMMITTED}
+    assert again.meeting.arrived() == {COMMITTED}
 
 
-def test_a_restarted_finalizer_commits_the_pinned_results_to_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_restarted_finalizer_commits_the_pinned_results_to_the_rest(tmp_path: Path) -> None:
     run(make(tmp_path, 0, replica=True), value=1)
-    original = icechunk.Repository.reset_branch
-
-    def die_after_first_target(self: icechunk.Repository, *args: Any, **kw: Any) -> None:
-        original(self, *args, **kw)
-        if kw.get("from_snapshot_id") is not None:
-            raise Killed
-
-    monkeypatch.setattr(icechunk.Repository, "reset_branch", die_after_first_target)
-    with pytest.raises(Killed):
-        run(make(tmp_path, 1, replica=True))
-    monkeypatch.setattr(icechunk.Repository, "reset_branch", original)
+    with at_crash_point("between-commits"), pytest.raises(Killed):
+        run(make(tmp_path, 1, replica=True))  # dies after the replica, before the primary
     assert len(job_commits(tmp_path, "replica")) == 1 and job_commits(tmp_path) == []
 
     # Worker 0 runs again and this time writes something else (a newer source).
     run(make(tmp_path, 0, replica=True), value=2)
     last = make(tmp_path, 1, replica=True)
-    assert PLAN in last.rendezvous.arrived()
+    assert PLAN in last.meeting.arrived()
     outcome = run(last)
     assert outcome.status == "committed"
     assert outcome.snapshots["replica"] == job_commits(tmp_path, "replica")[0]  # found, kept
@@ -149,31 +137,24 @@ def test_a_restarted_finalizer_commits_the_pinned_results_to_the_rest(
     assert len(job_commits(tmp_path)) == 1 and len(job_commits(tmp_path, "replica")) == 1
 
 
-def empty(job: CooperativeJob) -> coop.WorkerOutcome:
+def empty(job: CooperativeJob) -> WorkerOutcome:
     # Writes nothing: a rebase over a twin's commit would be clean, so only the
     # compare-and-set stands between a duplicate and a second commit.
     return job.run(work=lambda stores: None, message="eo")
 
 
-def test_a_duplicate_finalizer_never_commits_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_duplicate_finalizer_never_commits_twice(tmp_path: Path) -> None:
     run(make(tmp_path, 0))
     first, second = make(tmp_path, 1), make(tmp_path, 1)
-    original = icechunk.Repository.reset_branch
-    twin: list[coop.WorkerOutcome] = []
-    fired = [False]
+    twin: list[WorkerOutcome] = []
 
-    def twin_commits_first(self: icechunk.Repository, *args: Any, **kw: Any) -> None:
-        if kw.get("from_snapshot_id") is not None and not fired[0]:
-            # ``first`` has checked the tip and committed to its own branch; just
-            # before it moves main, its twin runs the whole finalization.
-            fired[0] = True
-            twin.append(empty(second))
-        original(self, *args, **kw)
+    def twin_commits_first(point: str) -> None:
+        # ``first`` has checked the tip and committed nothing yet; just before it
+        # moves main, its twin runs the whole finalization.
+        twin.append(empty(second))
 
-    monkeypatch.setattr(icechunk.Repository, "reset_branch", twin_commits_first)
-    outcome = empty(first)
+    with at_crash_point("before-commits", twin_commits_first):
+        outcome = empty(first)
     assert twin and twin[0].status == "committed"
     assert outcome.status == "committed"  # it looked again and found its twin's commit
     repo = icechunk.Repository.open(storage(tmp_path, "repo"))
@@ -183,20 +164,14 @@ def test_a_duplicate_finalizer_never_commits_twice(
     assert not [b for b in repo.list_branches() if b.startswith(job_branch_prefix("eo-u"))]
 
 
-def test_a_solo_twin_that_looked_too_early_does_not_commit_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_solo_twin_that_looked_too_early_does_not_commit_again(tmp_path: Path) -> None:
     # One-worker job, two pods: B finds nothing committed, then A does the whole
     # job, then B reads its base (above A's commit) and must still notice.
     a, b = make(tmp_path, 0, total=1), make(tmp_path, 0, total=1)
-    original = CooperativeJob._commit_state
 
-    def a_finishes_after_b_looked(self: CooperativeJob) -> Any:
-        state = original(self)
-        if self is b:
-            assert run(a).status == "committed"
-        return state
+    def a_finishes_after_b_looked(point: str) -> None:
+        assert run(a).status == "committed"
 
-    monkeypatch.setattr(CooperativeJob, "_commit_state", a_finishes_after_b_looked)
-    assert run(b).status == "already-committed"
+    with at_crash_point("started", a_finishes_after_b_looked):
+        assert run(b).status == "already-committed"
     assert len(job_commits(tmp_path)) == 1

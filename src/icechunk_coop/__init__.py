@@ -7,58 +7,100 @@ from icechunk_coop._errors import (
     AlreadyCommittedError,
     BranchKeptMovingError,
     CommitConflictError,
+    CommitOutcomeError,
     ConfigurationError,
     CoopError,
     ForeignPayloadError,
     ForeignResultError,
     IcechunkVersionError,
     IdentityError,
+    MissingLocationError,
     MissingSecretError,
     PayloadAuthenticationError,
     PayloadError,
     PayloadFormatError,
+    RetryableError,
+    ShrinkRefusedError,
+    StorageUnreachableError,
     WaitTimeoutError,
     WorkerFailedError,
     WorkersTotalMismatchError,
 )
 from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop._ledger import METADATA_KEY, job_branch_prefix, job_of_branch, job_of_commit
+from icechunk_coop._locations import normalise_url
 from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
-from icechunk_coop._rendezvous import Rendezvous, normalise_url
+from icechunk_coop._rendezvous import Rendezvous
+from icechunk_coop._status import JobListing, JobStatus, WorkerState, list_jobs, read_job
 from icechunk_coop._storage import icechunk_storage
-from icechunk_coop._targets import IcechunkTarget, Stores, ZarrTarget
+from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
-from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
+from icechunk_coop.cooperative import (
+    CooperativeJob,
+    Forks,
+    Merged,
+    WorkerOutcome,
+    commit_merged,
+    get_forked_session,
+    get_merged_sessions,
+    is_first_worker,
+    is_last_worker,
+    publish_result,
+)
 from icechunk_coop.dynamical import worker_share
 
 __all__ = [
     "INSECURE_ENV",
+    "METADATA_KEY",
     "SECRET_ENV",
     "AlreadyCommittedError",
     "BranchKeptMovingError",
     "CommitConflictError",
+    "CommitOutcomeError",
     "ConfigurationError",
     "CoopError",
     "CooperativeJob",
     "ForeignPayloadError",
     "ForeignResultError",
+    "Forks",
     "IcechunkTarget",
     "IcechunkVersionError",
     "IdentityError",
+    "JobListing",
+    "JobStatus",
+    "Merged",
+    "MissingLocationError",
     "MissingSecretError",
     "PayloadAuthenticationError",
     "PayloadError",
     "PayloadFormatError",
     "Rendezvous",
+    "RetryableError",
     "Sealer",
+    "ShrinkRefusedError",
+    "StorageUnreachableError",
     "Stores",
+    "Target",
     "WaitPolicy",
     "WaitTimeoutError",
     "WorkerFailedError",
     "WorkerIdentity",
     "WorkerOutcome",
+    "WorkerState",
     "WorkersTotalMismatchError",
     "ZarrTarget",
+    "commit_merged",
+    "get_forked_session",
+    "get_merged_sessions",
     "icechunk_storage",
+    "is_first_worker",
+    "is_last_worker",
+    "job_branch_prefix",
+    "job_of_branch",
+    "job_of_commit",
+    "list_jobs",
     "normalise_url",
+    "publish_result",
+    "read_job",
     "worker_share",
 ]

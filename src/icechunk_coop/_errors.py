@@ -1,24 +1,69 @@
-"""One error tree, grouped by what the caller does next.
+"""One error tree, grouped by what a handler does next.
 
-Every error carries its facts as attributes (the job, the indexes, the
-location, the seconds waited), formats a message that says what to do, and
-survives pickling, because errors cross process boundaries (a worker's
-failure is reported by another process, and ``multiprocessing`` pickles
-exceptions).
+::
+
+    CoopError                                coop
+    ├── ConfigurationError (ValueError)      configuration           fix the input
+    │   ├── IdentityError                    identity
+    │   ├── MissingSecretError               missing-secret
+    │   ├── MissingLocationError             missing-location
+    │   └── WorkersTotalMismatchError        workers-total-mismatch
+    ├── PayloadError                         payload                 a blob was refused
+    │   ├── PayloadFormatError               payload-format
+    │   ├── PayloadAuthenticationError       payload-authentication
+    │   ├── ForeignPayloadError              foreign-payload
+    │   └── IcechunkVersionError             icechunk-version
+    ├── RetryableError                       retryable               run the worker again
+    │   ├── WaitTimeoutError (TimeoutError)  wait-timeout
+    │   ├── WorkerFailedError                worker-failed
+    │   ├── ForeignResultError               foreign-result
+    │   ├── StorageUnreachableError          storage-unreachable
+    │   └── BranchKeptMovingError ─┐
+    └── CommitOutcomeError         │         commit-outcome          see what was committed
+        ├── CommitConflictError    │         commit-conflict
+        ├── AlreadyCommittedError  │         already-committed
+        ├── ShrinkRefusedError     │         shrink-refused
+        └── BranchKeptMovingError ─┘         branch-kept-moving      (one class, both bases)
+
+A handler catches a branch, not a list of leaves: ``except RetryableError``
+is a retry policy, ``except ConfigurationError`` means "tell a human", and
+``retryable`` is true exactly under ``RetryableError``. ``kind`` is the
+stable name for logs and metrics: classes may be renamed, kinds may not.
+The four bases are for catching; the library raises their subclasses (the
+root itself only where no branch fits, like the CLI demo's summary).
+
+Every error keeps its facts (job, indexes, location, seconds waited) as
+plain attributes named like its constructor's parameters, and formats a
+message that says what to do. Errors cross process boundaries (another
+process reports a worker's failure; ``multiprocessing`` pickles exceptions),
+so ``CoopError.__reduce__`` rebuilds any subclass from those attributes and
+a new error needs no pickling code of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+_KIND: Final = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_NAMED: Final = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_KEYWORDS: Final[dict[type[CoopError], tuple[str, ...]]] = {}
+
+
+def _keywords(cls: type[CoopError]) -> tuple[str, ...]:
+    """What pickling hands back to ``cls.__init__``: its named parameters, once per class."""
+    if (known := _KEYWORDS.get(cls)) is None:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if bad := [p.name for p in params if p.kind not in _NAMED]:
+            raise TypeError(f"{cls.__name__}.__init__ must name every parameter: {bad}")
+        known = _KEYWORDS[cls] = tuple(p.name for p in params)
+    return known
 
 
 def _rebuild(cls: type[CoopError], fields: dict[str, Any]) -> CoopError:
     return cls(**fields)
-
-
-def _indexes(values: Iterable[int]) -> str:
-    return ", ".join(str(v) for v in sorted(values)) or "none"
 
 
 def _committed_phrase(committed: list[str]) -> str:
@@ -30,71 +75,135 @@ def _committed_phrase(committed: list[str]) -> str:
 class CoopError(Exception):
     """Root of every error icechunk-coop raises on purpose.
 
-    ``retryable`` says whether running the same worker again can succeed
-    without anyone changing anything: true for waits (a peer may arrive or be
-    retried meanwhile), false for bad input, refused blobs and conflicts. An
-    orchestrator's retry policy can key on it (see ``examples/k8s``).
+    ``retryable``: can running the same worker again succeed without anyone
+    changing anything? An orchestrator's retry policy keys on it (see
+    ``examples/k8s``). ``message`` is the text (derived from the facts in
+    subclasses that take facts).
     """
 
     retryable: ClassVar[bool] = False
+    kind: ClassVar[str] = "coop"
 
-    def __init__(self, message: str, **fields: Any) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self._fields = {"message": message, **fields} if type(self) is CoopError else fields
-        for name, value in fields.items():
-            setattr(self, name, value)
+        self.message: Final = message
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")  # an inherited kind would name two classes
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+            raise TypeError(f"{cls.__name__} must declare its own kebab-case kind, got {kind!r}")
+        _keywords(cls)  # refuse an unpicklable constructor at import, not mid-failure
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._fields))
+        names, state = _keywords(type(self)), vars(self)
+        if missing := [name for name in names if name not in state]:
+            raise TypeError(
+                f"{type(self).__name__} must keep its arguments {missing} as attributes"
+            )
+        # Anything attached later (``add_note``'s ``__notes__``) travels as state;
+        # ``message`` does not: the constructor formats it again.
+        extra = {k: v for k, v in state.items() if k not in names and k != "message"}
+        return (_rebuild, (type(self), {name: state[name] for name in names}), extra or None)
 
 
 class ConfigurationError(CoopError, ValueError):
     """A value given to us (environment, URL, name, option) is unusable. Fix the input."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self._fields = {"message": message}
+    kind: ClassVar[str] = "configuration"
 
 
 class IdentityError(ConfigurationError):
     """The orchestrator's environment does not describe a valid worker."""
 
+    kind: ClassVar[str] = "identity"
+
 
 class MissingSecretError(ConfigurationError):
     """No shared secret was configured and the insecure opt-out was not chosen."""
+
+    kind: ClassVar[str] = "missing-secret"
+
+
+class MissingLocationError(ConfigurationError):
+    """A bucket or prefix we must write to is absent or read-only: no retry creates it."""
+
+    kind: ClassVar[str] = "missing-location"
+
+    def __init__(self, *, url: str, role: str, detail: str = "") -> None:
+        self.url: Final = url
+        self.role: Final = role
+        self.detail: Final = detail
+        why = f": {detail}" if detail else ""
+        super().__init__(
+            f"{role} at {url} does not exist or cannot be written{why}. Create the bucket "
+            "(or fix the URL) and run the job again; nothing was written."
+        )
+
+
+class WorkersTotalMismatchError(ConfigurationError):
+    """Workers of one job disagree on how many workers there are."""
+
+    kind: ClassVar[str] = "workers-total-mismatch"
+
+    def __init__(self, *, job: str, worker_index: int, expected: int, got: int) -> None:
+        self.job: Final = job
+        self.worker_index: Final = worker_index
+        self.expected: Final = expected
+        self.got: Final = got
+        super().__init__(
+            f"job {job!r}: worker {worker_index} has WORKERS_TOTAL={got} but the job was set "
+            f"up for {expected} workers. Every pod must get the same WORKERS_TOTAL (equal to "
+            "the Job's completions); fix the pod spec and re-create the job."
+        )
 
 
 class PayloadError(CoopError):
     """A blob was refused before anything in it was trusted or unpickled."""
 
+    kind: ClassVar[str] = "payload"
+
     def __init__(self, *, location: str, reason: str) -> None:
-        super().__init__(
-            f"refused the blob at {location}: {reason}", location=location, reason=reason
-        )
-        self.location: str = location
-        self.reason: str = reason
+        self.location: Final = location
+        self.reason: Final = reason
+        super().__init__(f"refused the blob at {location}: {reason}")
 
 
 class PayloadFormatError(PayloadError):
     """Not a frame we wrote: truncated, unknown format version, or unsigned."""
 
+    kind: ClassVar[str] = "payload-format"
+
 
 class PayloadAuthenticationError(PayloadError):
     """The frame's tag does not verify: forged, tampered with, or another secret."""
+
+    kind: ClassVar[str] = "payload-authentication"
 
 
 class ForeignPayloadError(PayloadError):
     """An authentic frame written for another job or another kind of blob."""
 
+    kind: ClassVar[str] = "foreign-payload"
+
 
 class IcechunkVersionError(PayloadError):
     """The blob was written by an icechunk version whose sessions we cannot load."""
 
+    kind: ClassVar[str] = "icechunk-version"
 
-class WaitTimeoutError(CoopError, TimeoutError):
-    """A wait reached its deadline; the message names who never arrived."""
+
+class RetryableError(CoopError):
+    """Running the same worker again can succeed without anyone changing anything."""
 
     retryable: ClassVar[bool] = True
+    kind: ClassVar[str] = "retryable"
+
+
+class WaitTimeoutError(RetryableError, TimeoutError):
+    """A wait reached its deadline; the message names who never arrived."""
+
+    kind: ClassVar[str] = "wait-timeout"
 
     def __init__(
         self,
@@ -105,136 +214,140 @@ class WaitTimeoutError(CoopError, TimeoutError):
         waited_seconds: float,
         job: str | None = None,
     ) -> None:
+        self.location: Final = location
+        self.missing: Final = missing
+        self.expected: Final = expected
+        self.waited_seconds: Final = waited_seconds
+        self.job: Final = job
         what = f" of job {job!r}" if job else ""
         super().__init__(
             f"gave up after {waited_seconds:.1f}s waiting at {location}{what}: "
             f"{len(missing)} of {expected} never arrived: {', '.join(missing)}. "
             "Check that those workers were scheduled and are running (kubectl get pods "
-            "-l batch.kubernetes.io/job-name=...), or raise the deadline.",
-            location=location,
-            missing=missing,
-            expected=expected,
-            waited_seconds=waited_seconds,
-            job=job,
+            "-l batch.kubernetes.io/job-name=...), or raise the deadline."
         )
-        self.location: str = location
-        self.missing: list[str] = missing
-        self.expected: int = expected
-        self.waited_seconds: float = waited_seconds
-        self.job: str | None = job
 
 
-class WorkerFailedError(CoopError):
+class WorkerFailedError(RetryableError):
     """Another worker of the job reported a failure; waiting for it is pointless."""
 
-    retryable: ClassVar[bool] = True
+    kind: ClassVar[str] = "worker-failed"
 
     def __init__(
         self, *, location: str, failures: Mapping[str, str], job: str | None = None
     ) -> None:
+        self.location: Final = location
+        self.failures: Final = dict(failures)
+        self.job: Final = job
         what = f"job {job!r}: " if job else ""
         detail = "; ".join(f"{name}: {summary}" for name, summary in sorted(failures.items()))
         super().__init__(
             f"{what}worker(s) {', '.join(sorted(failures))} failed ({detail}). "
-            f"Fix the cause and re-run those indexes; failure markers live at {location}.",
-            location=location,
-            failures=dict(failures),
-            job=job,
+            f"Fix the cause and re-run those indexes; failure markers live at {location}."
         )
-        self.location: str = location
-        self.failures: dict[str, str] = dict(failures)
-        self.job: str | None = job
 
 
-class WorkersTotalMismatchError(CoopError, ValueError):
-    """Workers of one job disagree on how many workers there are."""
-
-    def __init__(self, *, job: str, worker_index: int, expected: int, got: int) -> None:
-        super().__init__(
-            f"job {job!r}: worker {worker_index} has WORKERS_TOTAL={got} but the job was set "
-            f"up for {expected} workers. Every pod must get the same WORKERS_TOTAL (equal to "
-            "the Job's completions); fix the pod spec and re-create the job.",
-            job=job,
-            worker_index=worker_index,
-            expected=expected,
-            got=got,
-        )
-        self.job: str = job
-        self.worker_index: int = worker_index
-        self.expected: int = expected
-        self.got: int = got
-
-
-class ForeignResultError(CoopError):
+class ForeignResultError(RetryableError):
     """A worker's published fork does not belong to this job's setup; refused before merging."""
 
-    retryable: ClassVar[bool] = True
+    kind: ClassVar[str] = "foreign-result"
 
     def __init__(self, *, job: str, worker_index: int, reason: str) -> None:
+        self.job: Final = job
+        self.worker_index: Final = worker_index
+        self.reason: Final = reason
         super().__init__(
             f"job {job!r}: refused the result of worker {worker_index}: {reason}. "
-            f"Re-run worker {worker_index} so it publishes a result for the current setup.",
-            job=job,
-            worker_index=worker_index,
-            reason=reason,
+            f"Re-run worker {worker_index} so it publishes a result for the current setup."
         )
-        self.job: str = job
-        self.worker_index: int = worker_index
-        self.reason: str = reason
 
 
-class CommitConflictError(CoopError):
+class StorageUnreachableError(RetryableError):
+    """The object store did not answer (endpoint, network, credentials); it may later."""
+
+    kind: ClassVar[str] = "storage-unreachable"
+
+    def __init__(self, *, url: str, detail: str) -> None:
+        self.url: Final = url
+        self.detail: Final = detail
+        super().__init__(
+            f"cannot reach the storage at {url}: {detail}. Check the endpoint "
+            "(AWS_ENDPOINT_URL), the network and the credentials; the worker can be "
+            "retried once it answers."
+        )
+
+
+class CommitOutcomeError(CoopError):
+    """What happened to the job's commit; the message says which targets hold the data."""
+
+    kind: ClassVar[str] = "commit-outcome"
+
+
+class CommitConflictError(CommitOutcomeError):
     """Another writer changed what this job changed; nothing of the job was committed there."""
+
+    kind: ClassVar[str] = "commit-conflict"
 
     def __init__(
         self, *, job: str, target: str, conflicts: list[str], committed: list[str]
     ) -> None:
-        done = _committed_phrase(committed)
+        self.job: Final = job
+        self.target: Final = target
+        self.conflicts: Final = conflicts
+        self.committed: Final = committed
         super().__init__(
             f"job {job!r}: another writer committed to target {target!r} after this job "
             f"forked, and it overlaps this job's changes: {'; '.join(conflicts)}. Nothing was "
-            f"overwritten.{done} Re-run the work as a new job once the other writer is done.",
-            job=job,
-            target=target,
-            conflicts=conflicts,
-            committed=committed,
+            f"overwritten.{_committed_phrase(committed)} Re-run the work as a new job once "
+            "the other writer is done."
         )
-        self.job: str = job
-        self.target: str = target
-        self.conflicts: list[str] = conflicts
-        self.committed: list[str] = committed
 
 
-class BranchKeptMovingError(CoopError):
-    """Other writers moved a target branch during every commit attempt; a re-run can succeed."""
-
-    retryable: ClassVar[bool] = True
-
-    def __init__(self, *, job: str, attempts: int, committed: list[str]) -> None:
-        done = _committed_phrase(committed)
-        super().__init__(
-            f"job {job!r}: a target branch moved during each of {attempts} commit attempts; "
-            f"nothing was overwritten.{done} Run the last worker again: it commits the same "
-            "results to the targets that do not hold them yet.",
-            job=job,
-            attempts=attempts,
-            committed=committed,
-        )
-        self.job: str = job
-        self.attempts: int = attempts
-        self.committed: list[str] = committed
-
-
-class AlreadyCommittedError(CoopError):
+class AlreadyCommittedError(CommitOutcomeError):
     """The job's commit is already on the primary: there is nothing left to do."""
 
+    kind: ClassVar[str] = "already-committed"
+
     def __init__(self, *, job: str, snapshot: str | None) -> None:
+        self.job: Final = job
+        self.snapshot: Final = snapshot
         where = f"snapshot {snapshot}" if snapshot else "its rendezvous says so"
         super().__init__(
             f"job {job!r} is already committed ({where}); nothing to do. "
-            "A new run of the same work needs a new job (another name or uid).",
-            job=job,
-            snapshot=snapshot,
+            "A new run of the same work needs a new job (another name or uid)."
         )
-        self.job: str = job
-        self.snapshot: str | None = snapshot
+
+
+class ShrinkRefusedError(CommitOutcomeError):
+    """An update would make the append dimension shorter than readers already see."""
+
+    kind: ClassVar[str] = "shrink-refused"
+
+    def __init__(self, *, job: str, dimension: str, visible: int, final: int) -> None:
+        self.job: Final = job
+        self.dimension: Final = dimension
+        self.visible: Final = visible
+        self.final: Final = final
+        super().__init__(
+            f"job {job!r}: the final metadata would shrink {dimension!r} from {visible} "
+            f"(what readers see now) to {final}. Refusing to commit. Data that was published "
+            "is not withdrawn by an update; if the source really lost data, repair it with a "
+            "backfill."
+        )
+
+
+class BranchKeptMovingError(CommitOutcomeError, RetryableError):
+    """Other writers moved a target branch during every commit attempt; a re-run can succeed."""
+
+    retryable: ClassVar[bool] = True  # also inherited from RetryableError; said for the reader
+    kind: ClassVar[str] = "branch-kept-moving"
+
+    def __init__(self, *, job: str, attempts: int, committed: list[str]) -> None:
+        self.job: Final = job
+        self.attempts: Final = attempts
+        self.committed: Final = committed
+        super().__init__(
+            f"job {job!r}: a target branch moved during each of {attempts} commit attempts; "
+            f"nothing was overwritten.{_committed_phrase(committed)} Run the last worker "
+            "again: it commits the same results to the targets that do not hold them yet."
+        )

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import icechunk
 
 from icechunk_coop._errors import ConfigurationError
-from icechunk_coop._rendezvous import normalise_url
+from icechunk_coop._locations import normalise_url
 
 __all__ = ["icechunk_storage"]
 

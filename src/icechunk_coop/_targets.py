@@ -15,7 +15,7 @@ import icechunk
 import zarr.abc.store
 
 from icechunk_coop._errors import ConfigurationError
-from icechunk_coop._rendezvous import normalise_url
+from icechunk_coop._locations import normalise_url
 from icechunk_coop._storage import icechunk_storage
 
 __all__ = ["IcechunkTarget", "Stores", "ZarrTarget"]
@@ -47,6 +47,12 @@ class IcechunkTarget:
     @classmethod
     def from_url(cls, url: str, *, name: str = "primary", branch: str = "main") -> IcechunkTarget:
         return cls(name=name, storage=icechunk_storage(url), branch=branch)
+
+    @property
+    def location(self) -> str:
+        """Where the repository is, for messages (bucket and prefix, or path)."""
+        lines = [line.strip() for line in repr(self.storage).splitlines()[1:] if line.strip()]
+        return ", ".join(lines) or self.name
 
     def open(self, *, create: bool) -> icechunk.Repository:
         """Open the repository; only the setup worker may ``create`` it."""

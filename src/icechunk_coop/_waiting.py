@@ -10,6 +10,7 @@ not overshoot by one more sleep).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,14 +18,30 @@ from typing import TypeVar
 import attrs
 import tenacity
 
+from icechunk_coop._errors import ConfigurationError
+
 __all__ = ["WaitPolicy", "poll_until"]
 
 T = TypeVar("T")
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 seconds, got {value!r}")
+def _number(name: str, value: object, expected: str) -> float:
+    """``value`` as a finite real number, or a ConfigurationError naming ``name``.
+
+    bool is refused although it is an int: ``timeout=True`` is a mistake, not one
+    second. NaN and infinity are refused too: every wait needs a real deadline.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(
+            f"WaitPolicy {name} must be {expected}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _seconds(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    expected = "a finite number of seconds > 0"
+    if not _number(attribute.name, value, expected) > 0:
+        raise ConfigurationError(f"WaitPolicy {attribute.name} must be {expected}, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -36,18 +53,42 @@ class WaitPolicy:
     needs. ``max_interval`` trades latency for requests: a long wait polls
     every 0.5-1 x ``max_interval`` (0.75 on average), so at 10 s a waiting
     worker makes about 8 polls a minute (``benchmarks/`` measures it).
+
+    Bad values are refused here, with a ConfigurationError naming the field,
+    rather than deep inside tenacity on the first wait (which may be an hour
+    into the job, when worker 0 finally waits for its peers).
     """
 
-    timeout: float = attrs.field(default=3600.0, validator=_positive)
-    initial_interval: float = attrs.field(default=0.25, validator=_positive)
-    max_interval: float = attrs.field(default=10.0, validator=_positive)
+    timeout: float = attrs.field(default=3600.0, validator=_seconds)
+    initial_interval: float = attrs.field(default=0.25, validator=_seconds)
+    max_interval: float = attrs.field(default=10.0, validator=_seconds)
     multiplier: float = attrs.field(default=1.5)
     sleep: Callable[[float], None] = attrs.field(default=time.sleep, eq=False, repr=False)
 
+    @max_interval.validator
+    def _check_intervals(self, attribute: attrs.Attribute[float], value: float) -> None:
+        # Validators run once every field is set, and initial_interval's own check
+        # ran first, so both are positive numbers here.
+        if self.initial_interval > value:
+            raise ConfigurationError(
+                f"WaitPolicy initial_interval={self.initial_interval!r} is longer than "
+                f"max_interval={value!r}, the cap on every pause. Lower initial_interval "
+                "or raise max_interval."
+            )
+
     @multiplier.validator
-    def _check_multiplier(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if value < 1:
-            raise ValueError(f"multiplier must be >= 1 (no shrinking waits), got {value!r}")
+    def _check_multiplier(self, attribute: attrs.Attribute[float], value: object) -> None:
+        expected = "a finite number >= 1 (no shrinking waits)"
+        if not _number(attribute.name, value, expected) >= 1:
+            raise ConfigurationError(f"WaitPolicy multiplier must be {expected}, got {value!r}")
+
+    @sleep.validator
+    def _check_sleep(self, attribute: attrs.Attribute[object], value: object) -> None:
+        if not callable(value):
+            raise ConfigurationError(
+                f"WaitPolicy sleep must be a callable taking seconds (like time.sleep), "
+                f"got {value!r}"
+            )
 
 
 def poll_until[T](

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 import zarr.abc.store
 
-from icechunk_coop._errors import ConfigurationError, CoopError
+from icechunk_coop._errors import ConfigurationError, ShrinkRefusedError
 from icechunk_coop._identity import WorkerIdentity
 from icechunk_coop._targets import IcechunkTarget, Stores, Target
 from icechunk_coop._waiting import WaitPolicy
@@ -47,26 +47,6 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["backfill", "update"]
 Store = zarr.abc.store.Store
-
-
-class ShrinkRefusedError(CoopError):
-    """An update would make the append dimension shorter than readers already see."""
-
-    def __init__(self, *, job: str, dimension: str, visible: int, final: int) -> None:
-        super().__init__(
-            f"job {job!r}: the final metadata would shrink {dimension!r} from {visible} "
-            f"(what readers see now) to {final}. Refusing to commit. Data that was published "
-            "is not withdrawn by an update; if the source really lost data, repair it with a "
-            "backfill.",
-            job=job,
-            dimension=dimension,
-            visible=visible,
-            final=final,
-        )
-        self.job: str = job
-        self.dimension: str = dimension
-        self.visible: int = visible
-        self.final: int = final
 
 
 def worker_share[T](jobs: Sequence[T], worker_index: int, workers_total: int) -> list[T]:
@@ -244,8 +224,8 @@ class DynamicalDataset(abc.ABC):
         policy: WaitPolicy | None = None,
     ) -> WorkerOutcome:
         """Fork, process this worker's jobs, publish; the last worker merges and commits."""
-        job = CooperativeJob.for_identity(
-            identity,
+        job = CooperativeJob.create(
+            identity=identity,
             rendezvous_url=rendezvous_url,
             primary=self.primary(),
             replicas=self.replicas(),

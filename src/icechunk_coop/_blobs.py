@@ -1,0 +1,190 @@
+"""Raw bytes in one folder of any fsspec filesystem: what is atomic where.
+
+- ``put`` replaces a blob whole. S3 and GCS PUTs are atomic; on a local
+  filesystem we write a temporary file and ``os.replace`` it; memory is one
+  assignment. A reader never sees a torn blob.
+- ``put_if_absent`` is put-if-absent. S3 uses ``If-None-Match: *``, GCS
+  ``ifGenerationMatch=0`` (both through fsspec's ``mode="create"``); local
+  files use ``os.link`` of a complete temporary file, which fails if the
+  name exists and never exposes a half-written file (plain ``open("xb")``
+  would); memory is guarded by a process-wide lock. A lost HTTP response can
+  make the client's own retry see its own object and report a false
+  conflict, so a conflict is resolved by reading the blob back.
+- Probes never trust a cache: the filesystems are opened with listing
+  caches off and every probe invalidates what fsspec might still hold
+  (s3fs would otherwise answer ``exists`` from a stale listing forever).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from icechunk_coop._errors import MissingLocationError, StorageUnreachableError
+from icechunk_coop._locations import TMP_MARK, check_name, filesystem
+
+__all__ = ["BlobStore", "RequestCounter"]
+
+_MEMORY_LOCK = threading.Lock()
+
+
+@attrs.define(kw_only=True)
+class RequestCounter:
+    """Object-store operations issued, by kind (get, put, list, delete).
+
+    One operation is at least one HTTP request; a backend may send more (s3fs
+    lists the parent too when a prefix is empty). ``benchmarks/`` counts
+    what reaches the wire.
+    """
+
+    counts: Counter[str] = attrs.field(factory=Counter)
+
+    def add(self, kind: str, n: int = 1) -> None:
+        self.counts[kind] += n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@attrs.frozen(kw_only=True)
+class BlobStore:
+    """The blobs under ``url``, as bytes: get, put, put-if-absent, delete, list."""
+
+    url: str
+    storage_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    requests: RequestCounter = attrs.field(factory=RequestCounter, eq=False, repr=False)
+    _fs: fsspec.AbstractFileSystem = attrs.field(init=False, eq=False, repr=False)
+    _root: str = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        fs, root = filesystem(self.url, self.storage_options)
+        object.__setattr__(self, "_fs", fs)
+        object.__setattr__(self, "_root", root)
+
+    def _path(self, name: str) -> str:
+        return f"{self._root}/{check_name(name)}"
+
+    def _fresh(self, path: str) -> None:
+        self._fs.invalidate_cache(path)
+        self._fs.invalidate_cache(self._root)
+
+    def get(self, name: str) -> bytes | None:
+        path = self._path(name)
+        self._fresh(path)
+        self.requests.add("get")
+        try:
+            data: bytes = self._fs.cat_file(path)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return data
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        self.requests.add("put")
+        if isinstance(self._fs, LocalFileSystem):
+            os.makedirs(self._root, exist_ok=True)
+            tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self._fs.pipe_file(path, data)
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Store ``data`` unless the name exists; True if ours is what is stored."""
+        path = self._path(name)
+        self.requests.add("put")
+        try:
+            if isinstance(self._fs, LocalFileSystem):
+                os.makedirs(self._root, exist_ok=True)
+                tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)
+                finally:
+                    os.unlink(tmp)
+            elif isinstance(self._fs, MemoryFileSystem):
+                with _MEMORY_LOCK:
+                    if self._fs.exists(path):
+                        raise FileExistsError(path)
+                    self._fs.pipe_file(path, data)
+            else:
+                self._fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            # Possibly our own write whose response was lost: compare.
+            return self.get(name) == data
+        return True
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        self.requests.add("delete")
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(path)
+        self._fs.invalidate_cache(path)
+
+    def names(self) -> set[str]:
+        """Names of the blobs present now (failure markers included), from one listing."""
+        self._fresh(self._root)
+        self.requests.add("list")
+        try:
+            entries = self._fs.ls(self._root, detail=False)
+        except FileNotFoundError:
+            return set()
+        names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries}
+        return {n for n in names if TMP_MARK not in n}
+
+    def remove_all(self, *, keep: Iterable[str] = ()) -> None:
+        """Delete the whole folder, except the blobs named in ``keep``."""
+        kept = {check_name(n) for n in keep}
+        self.requests.add("delete")
+        self._fresh(self._root)
+        with contextlib.suppress(FileNotFoundError):
+            if not kept:
+                self._fs.rm(self._root, recursive=True)
+            else:
+                self.requests.add("list")
+                entries = [str(e).rstrip("/") for e in self._fs.ls(self._root, detail=False)]
+                doomed = [e for e in entries if e.rsplit("/", 1)[-1] not in kept]
+                if doomed:
+                    self._fs.rm(doomed)  # one bulk request on S3
+        self._fresh(self._root)
+
+    def check_reachable(self) -> None:
+        """Refuse at once a meeting point whose bucket does not exist or cannot be reached.
+
+        Without this, a typo in the bucket name surfaces as a raw
+        ``FileNotFoundError`` in worker 0 while every other worker waits out
+        its deadline for a setup that can never be written.
+        """
+        if isinstance(self._fs, LocalFileSystem | MemoryFileSystem):
+            return
+        bucket = self._root.split("/", 1)[0]
+        self.requests.add("get")
+        try:
+            self._fs.info(bucket)
+        except FileNotFoundError as exc:
+            raise MissingLocationError(
+                url=self.url, role="the rendezvous bucket", detail=str(exc)[:200]
+            ) from exc
+        except PermissionError as exc:
+            raise MissingLocationError(
+                url=self.url, role="the rendezvous bucket", detail=f"access denied ({exc})"
+            ) from exc
+        except OSError as exc:
+            raise StorageUnreachableError(url=self.url, detail=str(exc)[:300]) from exc

@@ -1,0 +1,111 @@
+"""What every step of one worker's run shares, and the two things around each step.
+
+``JobContext`` is the worker's fixed view of its job: who it is, where the
+job meets, and a driver per target in commit order (replicas first, the
+primary last). ``StepClock`` times steps and ``failure_markers`` turns an
+exception into the markers that stop the other workers' waits: one context
+manager each, instead of flags and hand-timed sections in the flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+
+import attrs
+
+from icechunk_coop._drivers import TargetDriver
+from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop._ledger import Provenance
+from icechunk_coop._meeting import MeetingPoint
+from icechunk_coop._records import SETUP, result_name
+
+__all__ = ["JobContext", "StepClock", "failure_markers", "summary"]
+
+log = logging.getLogger("icechunk_coop.cooperative")
+
+
+def summary(exc: BaseException) -> str:
+    """An exception on one line (icechunk's errors span several, and end blank)."""
+    lines = traceback.format_exception_only(exc)
+    return " ".join(" ".join(line.split()) for line in lines if line.strip())[:1500]
+
+
+@attrs.frozen(kw_only=True)
+class JobContext:
+    """One worker's fixed facts about its job."""
+
+    identity: WorkerIdentity
+    meeting: MeetingPoint
+    drivers: tuple[TargetDriver, ...]
+    cleanup: bool
+    commit_attempts: int
+
+    @property
+    def job_id(self) -> str:
+        return self.identity.job_id
+
+    @property
+    def primary(self) -> TargetDriver:
+        return self.drivers[-1]
+
+    @property
+    def where(self) -> str:
+        i = self.identity
+        return f"job {self.job_id!r} worker {i.worker_index}/{i.workers_total}"
+
+    def provenance(self, token: str, job_start: str | None) -> Provenance:
+        i = self.identity
+        return Provenance(
+            job=self.job_id,
+            job_name=i.job_name,
+            job_uid=i.job_uid,
+            job_start=job_start,
+            workers=i.workers_total,
+            setup=token,
+        )
+
+
+@attrs.define
+class StepClock:
+    """Seconds spent in each step of a run, by step name."""
+
+    seconds: dict[str, float] = attrs.field(factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+
+
+@attrs.define
+class _Markers:
+    setup_published: bool = False
+
+
+@contextlib.contextmanager
+def failure_markers(ctx: JobContext) -> Iterator[_Markers]:
+    """On an error, tell the job: this index failed (and the setup, if it was worker 0's).
+
+    A ``BaseException`` that is not an ``Exception`` (a kill, Ctrl-C) leaves no
+    marker, like a pod that is OOM-killed: the others wait for its retry.
+    """
+    state = _Markers()
+    try:
+        yield state
+    except Exception as exc:
+        text = summary(exc)
+        log.error("%s failed: %s", ctx.where, text)
+        try:
+            ctx.meeting.mark_failed(result_name(ctx.identity.worker_index), text)
+            if ctx.identity.is_first and not state.setup_published:
+                ctx.meeting.mark_failed(SETUP, text)
+        except Exception as marker_exc:  # the original error matters more
+            log.warning("could not publish the failure marker: %s", marker_exc)
+        raise

@@ -1,0 +1,125 @@
+"""One driver per kind of target, behind the few operations the protocol needs.
+
+The protocol never asks what a target is. It asks its driver to
+
+- ``stage`` the base on worker 0 (a fork of the branch tip for Icechunk, a
+  metadata-staging store for plain zarr) and ``seal`` it into the setup;
+- ``fork`` the setup for a worker to write into;
+- ``merge`` every worker's fork on the last worker, then on that merge:
+  ``landed`` (does the target already hold this job? one read of the tip),
+  ``rebase`` over what landed since the base (conflicts are errors), and
+  ``commit`` by compare-and-set;
+- ``find_commit`` of this job (exactly once) and ``cleanup`` afterwards.
+
+Like zarr's ``Store``, a driver states a capability rather than its kind:
+``needs_fork`` says whether a worker's result must carry a fork for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import zarr.abc.store
+
+from icechunk_coop._ledger import Provenance
+from icechunk_coop._records import TargetSetup
+
+if TYPE_CHECKING:
+    import icechunk
+
+    from icechunk_coop._meeting import MeetingPoint
+    from icechunk_coop._targets import Target
+
+__all__ = ["BranchMoved", "Fork", "Merge", "Staging", "TargetDriver", "driver_for"]
+
+Store = zarr.abc.store.Store
+
+
+class BranchMoved(Exception):  # noqa: N818 - a signal for the commit retry, never user-facing
+    """The target branch moved between the check and the compare-and-set."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+class Staging(Protocol):
+    """Worker 0's view of a target while it prepares: structural changes go here."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def seal(self) -> TargetSetup:
+        """What every worker needs of this target, for the setup record."""
+        ...
+
+
+class Fork(Protocol):
+    """A worker's private copy of a target."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def session(self) -> icechunk.ForkSession | None:
+        """What the worker's result carries for this target (None: nothing)."""
+        ...
+
+
+class Merge(Protocol):
+    """Every fork folded together on the last worker, not committed yet."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def landed(self) -> str | None:
+        """This job's commit if the target holds it already; else remember the tip."""
+        ...
+
+    def rebase(self, *, committed: Sequence[str]) -> None:
+        """Carry the merge over whatever landed on the target since the job's base."""
+        ...
+
+    def commit(self, message: str, provenance: Provenance) -> str:
+        """Move the target to the merge by compare-and-set; raise ``BranchMoved``."""
+        ...
+
+
+class TargetDriver(Protocol):
+    """What the protocol can do with one target."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_fork(self) -> bool: ...
+
+    def find_commit(self, base: str | None) -> str | None:
+        """This job's commit on the target, searched down to ``base``."""
+        ...
+
+    def stage(self, *, primary: bool) -> Staging:
+        """Open the base for worker 0; the primary also checks the job is not done."""
+        ...
+
+    def fork(self, state: TargetSetup) -> Fork: ...
+
+    def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> Merge: ...
+
+    def cleanup(self) -> None:
+        """Remove what the job left on the target (temporary branches)."""
+        ...
+
+
+def driver_for(target: Target, *, job_id: str, meeting: MeetingPoint, scan: int) -> TargetDriver:
+    """The driver of ``target``: the one place that maps a kind of target to its driver."""
+    from icechunk_coop._icechunk_driver import IcechunkDriver
+    from icechunk_coop._targets import IcechunkTarget, ZarrTarget
+    from icechunk_coop._zarr_driver import ZarrDriver
+
+    if isinstance(target, IcechunkTarget):
+        return IcechunkDriver(target=target, job_id=job_id, scan=scan)
+    if isinstance(target, ZarrTarget):
+        return ZarrDriver(target=target, job_id=job_id, meeting=meeting)
+    raise TypeError(f"no driver for {type(target).__name__}")  # pragma: no cover

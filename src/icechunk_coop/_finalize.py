@@ -1,0 +1,229 @@
+"""Step 3, finalize (the last worker): collect, pin the plan, merge, check, commit, clean up.
+
+Targets commit one after another, replicas first and the primary last, and
+only after every target has been checked: a conflict on the primary must
+not leave replicas holding this job's data. If a target branch moves between
+the check and the compare-and-set, the merge is rebuilt and tried again
+(tenacity does the retrying); a target already holding this job's commit (a
+restarted or duplicated finalizer) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import icechunk
+import tenacity
+
+from icechunk_coop import _crash
+from icechunk_coop._context import JobContext, summary
+from icechunk_coop._drivers import BranchMoved, Merge
+from icechunk_coop._errors import (
+    BranchKeptMovingError,
+    ForeignPayloadError,
+    ForeignResultError,
+    WorkersTotalMismatchError,
+)
+from icechunk_coop._records import COMMITTED, PLAN, Committed, Plan, Result, Setup, result_name
+from icechunk_coop._setup import stores_of
+from icechunk_coop._targets import Stores
+
+__all__ = ["Finalize", "Merged", "after_commit", "collect_results", "commit", "merge", "pin_plan"]
+
+log = logging.getLogger("icechunk_coop.cooperative")
+
+Finalize = Callable[[Stores, list[Any]], None]
+
+
+@attrs.frozen(kw_only=True)
+class Merged:
+    """The last worker's view: every fork merged, nothing committed, results in index order."""
+
+    setup: Setup = attrs.field(repr=False)
+    plan: tuple[Result, ...] = attrs.field(repr=False)
+    merges: Mapping[str, Merge] = attrs.field(repr=False)
+    stores: Stores
+
+    @property
+    def results(self) -> list[Any]:
+        """What every worker's ``work`` returned, in index order."""
+        return [r.value for r in self.plan]
+
+
+def _check_result(ctx: JobContext, setup: Setup, index: int, result: Result) -> None:
+    total = ctx.identity.workers_total
+    if result.index != index:
+        raise ForeignResultError(
+            job=ctx.job_id, worker_index=index, reason=f"it says index {result.index}"
+        )
+    if result.workers_total != total:
+        raise WorkersTotalMismatchError(
+            job=ctx.job_id, worker_index=index, expected=total, got=result.workers_total
+        )
+    if result.token != setup.token:
+        raise ForeignResultError(
+            job=ctx.job_id,
+            worker_index=index,
+            reason="it was written against another setup of this job "
+            f"(setup {result.token!r}, current {setup.token!r})",
+        )
+    missing = [d.name for d in ctx.drivers if d.needs_fork and d.name not in result.forks]
+    if missing:
+        raise ForeignResultError(
+            job=ctx.job_id,
+            worker_index=index,
+            reason=f"it has no fork for target(s) {', '.join(sorted(missing))}",
+        )
+
+
+def collect_results(ctx: JobContext, setup: Setup) -> list[Result]:
+    """Wait for every worker's result; refuse any that is not of this setup."""
+    names = [result_name(i) for i in range(ctx.identity.workers_total)]
+    found = ctx.meeting.wait_for_all(names, Result)
+    results = [found[name] for name in names]
+    for index, result in enumerate(results):
+        _check_result(ctx, setup, index, result)
+    _crash.reach("after-load-results")
+    return results
+
+
+def pinned_plan(ctx: JobContext, setup: Setup) -> Plan | None:
+    """The plan an earlier finalizer of this setup pinned, if any."""
+    plan = ctx.meeting.read(PLAN, Plan)
+    if plan is not None and plan.token != setup.token:
+        raise ForeignPayloadError(
+            location=ctx.meeting.location(PLAN),
+            reason="this commit plan was pinned by another setup of this job; remove it "
+            "only if no target holds the job",
+        )
+    return plan
+
+
+def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[Result, ...]:
+    """Fix, once per job, which results are committed; return the pinned ones.
+
+    A finalizer restarted between two targets must commit the same merge to
+    the rest, even if a worker ran again meanwhile and published a different
+    result: otherwise a replica and the primary would hold different data for
+    one job. So the first finalizer stores the results it merges
+    (put-if-absent) before any target moves, and every later attempt commits
+    exactly those. (Plain zarr targets get their chunks from the workers
+    directly: a worker run again after the plan was pinned rewrites them.)
+    """
+    won, plan = ctx.meeting.publish_once(PLAN, Plan(token=setup.token, results=tuple(results)))
+    if plan.token != setup.token:
+        pinned_plan(ctx, setup)  # raises, naming the blob
+    if not won:
+        log.info("%s: committing the results an earlier attempt pinned", ctx.where)
+    _crash.reach("after-pin-plan")
+    return plan.results
+
+
+def merge(ctx: JobContext, setup: Setup, plan: Sequence[Result]) -> Merged:
+    """Merge every fork into a writable session based on the forks' own base."""
+    merges: dict[str, Merge] = {}
+    for driver in ctx.drivers:
+        forks = [r.forks.get(driver.name) for r in plan]
+        merges[driver.name] = driver.merge(setup.targets[driver.name], forks)
+        _crash.reach("mid-merge")
+    stores = stores_of(ctx, {name: m.store for name, m in merges.items()})
+    return Merged(setup=setup, plan=tuple(plan), merges=merges, stores=stores)
+
+
+def commit_once(
+    ctx: JobContext, merged: Merged, message: str, done: dict[str, str]
+) -> dict[str, str]:
+    """One attempt: check every target, then commit those that lack the job, in order.
+
+    ``done`` is filled in as targets are found or committed, so that a caller
+    giving up can say which targets hold the job.
+    """
+    done.clear()
+    done.update({name: found for name, m in merged.merges.items() if (found := m.landed())})
+    if done:
+        log.info("%s: already committed: %s", ctx.where, ", ".join(done))
+    pending = [d.name for d in ctx.drivers if d.name not in done]
+    for name in pending:
+        merged.merges[name].rebase(committed=sorted(done))
+    provenance = ctx.provenance(merged.setup.token, merged.setup.job_start)
+    text = f"{message} [job {ctx.job_id}, {ctx.identity.workers_total} workers]"
+    _crash.reach("before-commits")
+    for n, name in enumerate(pending):
+        if n:
+            _crash.reach("between-commits")
+        try:
+            done[name] = merged.merges[name].commit(text, provenance)
+        except BranchMoved:
+            log.warning("%s: %s moved while committing; trying again", ctx.where, name)
+            raise
+        log.info("%s: committed %s as %s", ctx.where, name, done[name])
+    _crash.reach("after-commit")
+    return done
+
+
+def commit(
+    ctx: JobContext,
+    setup: Setup,
+    plan: Sequence[Result],
+    *,
+    message: str,
+    finalize: Finalize | None,
+    merged: Merged | None = None,
+) -> dict[str, str]:
+    """Merge, finalize and commit every target that does not hold this job yet.
+
+    Retried while a target branch moves under the attempt (or a twin
+    finalizer deletes the temporary branch under it), up to
+    ``ctx.commit_attempts`` times; each retry rebuilds the merge.
+    """
+    attempts = [0]
+    done: dict[str, str] = {}
+
+    def attempt() -> dict[str, str]:
+        attempts[0] += 1
+        current = merged if merged is not None and attempts[0] == 1 else None
+        if current is None:
+            current = merge(ctx, setup, plan)
+            if finalize is not None:
+                finalize(current.stores, current.results)
+        return commit_once(ctx, current, message, done)
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("%s: commit attempt %d did not land (%s)", ctx.where, state.attempt_number,
+                 summary(exc)[:200] if exc else "?")  # fmt: skip
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((BranchMoved, icechunk.RefNotFoundError)),
+        stop=tenacity.stop_after_attempt(ctx.commit_attempts),
+        before_sleep=log_retry,
+        wait=tenacity.wait_none(),
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except (BranchMoved, icechunk.RefNotFoundError) as exc:
+        raise BranchKeptMovingError(
+            job=ctx.job_id, attempts=ctx.commit_attempts, committed=sorted(done)
+        ) from exc
+
+
+def after_commit(ctx: JobContext, snapshots: Mapping[str, str]) -> None:
+    """Delete temporary branches, publish COMMITTED, then clear the namespace.
+
+    COMMITTED first, and the cleanup keeps it: there is never a moment when a
+    late worker finds neither the marker nor the setup.
+    """
+    for driver in ctx.drivers:
+        driver.cleanup()
+    marker = Committed(
+        snapshots=dict(snapshots), at=time.time(), workers_total=ctx.identity.workers_total
+    )
+    ctx.meeting.publish(COMMITTED, marker)
+    _crash.reach("before-cleanup")
+    if ctx.cleanup:
+        ctx.meeting.remove_all(keep=(COMMITTED,))

@@ -1,0 +1,219 @@
+"""The Icechunk driver: fork at the tip, merge on the base, rebase, compare-and-set.
+
+Why this sequence: merging forks into a session opened *after* another
+writer committed silently overwrites that writer's changes (RESEARCH.md,
+"the silent-overwrite trap"). So the merge happens on a temporary branch
+created at the forks' own base S0; if the target moved since, the merged
+session is rebased with ``ConflictDetector`` (a clean rebase or an error,
+never an overwrite) and the target branch is moved by compare-and-set from
+the very tip that was checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import icechunk
+
+from icechunk_coop._drivers import BranchMoved, Store
+from icechunk_coop._errors import (
+    AlreadyCommittedError,
+    CommitConflictError,
+    ForeignPayloadError,
+    MissingLocationError,
+)
+from icechunk_coop._ledger import Provenance, attempt_branch, find_job_commit, job_branch_prefix
+from icechunk_coop._records import IcechunkSetup, TargetSetup
+from icechunk_coop._targets import IcechunkTarget
+
+__all__ = ["IcechunkDriver"]
+
+log = logging.getLogger(__name__)
+
+_MISSING_BUCKET = ("nosuchbucket", "bucket does not exist", "specified bucket")
+
+
+def _describe(conflict: icechunk.Conflict) -> str:
+    """One line per conflict: what kind, where, and which chunks (a few of them)."""
+    text = f"{conflict.conflict_type} at {conflict.path}"
+    chunks = list(conflict.conflicted_chunks or [])
+    if chunks:
+        shown = ", ".join(str(tuple(c)) for c in chunks[:5])
+        more = f" and {len(chunks) - 5} more" if len(chunks) > 5 else ""
+        text += f" (chunks {shown}{more})"
+    return text
+
+
+def _written(session: icechunk.Session) -> dict[str, Any]:
+    diff = session.status()
+    return {
+        "chunks": {p: len(c) for p, c in sorted(diff.updated_chunks.items())},
+        "new_arrays": sorted(diff.new_arrays),
+        "updated_arrays": sorted(diff.updated_arrays),
+        "new_groups": sorted(diff.new_groups),
+        "updated_groups": sorted(diff.updated_groups),
+    }
+
+
+@attrs.frozen(kw_only=True)
+class _Staging:
+    base: str
+    prepared: icechunk.ForkSession = attrs.field(repr=False)
+
+    @property
+    def store(self) -> Store:
+        return self.prepared.store
+
+    def seal(self) -> TargetSetup:
+        return IcechunkSetup(base=self.base, prepared=self.prepared, fork=self.prepared.fork())
+
+
+@attrs.frozen(kw_only=True)
+class _Fork:
+    session: icechunk.ForkSession = attrs.field(repr=False)
+
+    @property
+    def store(self) -> Store:
+        return self.session.store
+
+
+@attrs.define(kw_only=True)
+class _Merge:
+    target: IcechunkTarget
+    job_id: str
+    base: str
+    branch: str
+    repo: icechunk.Repository = attrs.field(repr=False)
+    session: icechunk.Session = attrs.field(repr=False)
+    tip: str | None = None
+
+    @property
+    def store(self) -> Store:
+        return self.session.store
+
+    def landed(self) -> str | None:
+        # The check and the tip come from one read of the branch: the
+        # compare-and-set later moves the branch only from that very tip, so a
+        # twin finalizer that committed after this read makes ours fail (and
+        # the next attempt find its commit) instead of landing twice.
+        self.tip = self.repo.lookup_branch(self.target.branch)
+        return find_job_commit(self.repo, self.tip, self.job_id, self.base)
+
+    def rebase(self, *, committed: Sequence[str]) -> None:
+        assert self.tip is not None, "landed() reads the tip first"
+        if self.tip == self.base:
+            return
+        log.info("job %r: %s moved since setup; rebasing", self.job_id, self.target.name)
+        self.repo.reset_branch(self.branch, self.tip)
+        try:
+            self.session.rebase(icechunk.ConflictDetector())
+        except icechunk.RebaseFailedError as exc:
+            raise CommitConflictError(
+                job=self.job_id,
+                target=self.target.name,
+                conflicts=[_describe(c) for c in exc.conflicts] or [str(exc)],
+                committed=sorted(committed),
+            ) from exc
+
+    def commit(self, message: str, provenance: Provenance) -> str:
+        assert self.tip is not None, "landed() reads the tip first"
+        metadata = provenance.metadata(
+            target=self.target.name, base=self.base, written=_written(self.session)
+        )
+        snapshot = self.session.commit(message, metadata=metadata, allow_empty=True)
+        try:
+            self.repo.reset_branch(self.target.branch, snapshot, from_snapshot_id=self.tip)
+        except icechunk.ConflictError as exc:
+            raise BranchMoved(self.target.name) from exc
+        return snapshot
+
+
+@attrs.frozen(kw_only=True)
+class IcechunkDriver:
+    """Drives one Icechunk repository branch."""
+
+    target: IcechunkTarget
+    job_id: str
+    scan: int
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def needs_fork(self) -> bool:
+        return True
+
+    def _open(self, *, create: bool) -> icechunk.Repository:
+        try:
+            return self.target.open(create=create)
+        except icechunk.IcechunkError as exc:
+            text = str(exc).lower()
+            if any(marker in text for marker in _MISSING_BUCKET):
+                raise MissingLocationError(
+                    url=self.target.location, role=f"the bucket of target {self.name!r}"
+                ) from exc
+            raise
+
+    def find_commit(self, base: str | None) -> str | None:
+        try:
+            repo = self._open(create=False)
+            tip = repo.lookup_branch(self.target.branch)
+        except icechunk.IcechunkError:
+            return None  # no repository or branch yet: nothing can have been committed
+        return find_job_commit(repo, tip, self.job_id, base, self.scan)
+
+    def stage(self, *, primary: bool) -> _Staging:
+        repo = self._open(create=True)
+        # A clean fork of the target branch: its base S0 is the snapshot the
+        # session read, so nothing can slip in between reading S0 and forking.
+        # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
+        session = repo.writable_session(self.target.branch)
+        if primary:
+            # A twin of this worker may have finished the whole job after our
+            # first look: a base read now would sit above the job's commit, and
+            # every later check scans only down to the base.
+            found = find_job_commit(repo, session.snapshot_id, self.job_id, None, self.scan)
+            if found is not None:
+                raise AlreadyCommittedError(job=self.job_id, snapshot=found)
+        return _Staging(base=session.snapshot_id, prepared=session.fork())
+
+    def _own(self, state: TargetSetup) -> IcechunkSetup:
+        if not isinstance(state, IcechunkSetup):
+            raise ForeignPayloadError(
+                location=f"setup of target {self.name!r}",
+                reason="it was set up as a plain zarr target, this worker has an Icechunk one",
+            )
+        return state
+
+    def fork(self, state: TargetSetup) -> _Fork:
+        # A private copy: the setup record may be shared within a process.
+        return _Fork(session=self._own(state).fork.fork())
+
+    def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
+        own = self._own(state)
+        repo = self._open(create=False)
+        branch = attempt_branch(self.job_id)
+        repo.create_branch(branch, own.base)
+        session = repo.writable_session(branch)
+        session.merge(own.prepared, *[f for f in forks if f is not None])
+        return _Merge(
+            target=self.target,
+            job_id=self.job_id,
+            base=own.base,
+            branch=branch,
+            repo=repo,
+            session=session,
+        )
+
+    def cleanup(self) -> None:
+        repo = self._open(create=False)
+        prefix = job_branch_prefix(self.job_id)
+        for branch in sorted(b for b in repo.list_branches() if b.startswith(prefix)):
+            try:
+                repo.delete_branch(branch)
+            except icechunk.IcechunkError as exc:  # a twin deleted it first: fine
+                log.debug("deleting %s: %s", branch, exc)

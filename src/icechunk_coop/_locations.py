@@ -1,0 +1,109 @@
+"""Where things live: location URLs, safe names, and cache-free filesystems.
+
+Storage locations are URLs (``s3://``, ``gs://``, ``file://`` or a path,
+``memory://`` for one process) with fsspec-style options beside them. The
+options we add by default are the ones coordination cannot do without:
+no listing caches (s3fs would answer ``exists`` from a stale listing
+forever) and one GET per read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+
+from icechunk_coop._errors import ConfigurationError
+
+__all__ = [
+    "TMP_MARK",
+    "check_name",
+    "default_options",
+    "filesystem",
+    "normalise_url",
+    "protocol_of",
+]
+
+TMP_MARK = ".tmp-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_SCHEMES = {"s3", "s3a", "gs", "gcs", "file", "memory"}
+
+
+def normalise_url(url: str) -> str:
+    """Check a location URL and return it without a trailing slash.
+
+    Accepts ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///path``,
+    a plain path, and ``memory://name`` (one process only).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"location URL must be a non-empty string, got {url!r}")
+    if "://" not in url:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", url) and not re.match(r"^[A-Za-z]:[\\/]", url):
+            raise ConfigurationError(
+                f"malformed location URL {url!r}: write SCHEME://..., e.g. s3://bucket/prefix"
+            )
+        return os.path.abspath(os.path.expanduser(url)).rstrip("/") or "/"
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"unsupported scheme {parsed.scheme!r} in location URL {url!r}: use one of "
+            f"{', '.join(sorted(_SCHEMES))}, or a plain local path"
+        )
+    if parsed.scheme in {"s3", "s3a", "gs", "gcs"} and not parsed.netloc:
+        raise ConfigurationError(
+            f"location URL {url!r} names no bucket: write {parsed.scheme}://BUCKET/PREFIX"
+        )
+    if parsed.query or parsed.fragment:
+        raise ConfigurationError(
+            f"location URL {url!r} has a query or fragment; pass options as storage_options"
+        )
+    if any(part in {".", ".."} for part in parsed.path.split("/")):
+        raise ConfigurationError(f"location URL {url!r} contains '.' or '..' segments")
+    return url.rstrip("/")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or TMP_MARK in name:
+        raise ConfigurationError(
+            f"blob name {name!r} is unsafe as a path segment: use letters, digits, '.', "
+            "'_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def default_options(protocol: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {"skip_instance_cache": True}
+    if protocol in {"s3", "s3a"}:
+        options["use_listings_cache"] = False
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in given:
+            options["endpoint_url"] = endpoint
+        options["config_kwargs"] = {"retries": {"total_max_attempts": 10, "mode": "standard"}}
+        # Blobs are small: read each with one GET. Above 1, s3fs first HEADs every
+        # object to plan ranged reads, which doubles the cost of every poll.
+        options["max_concurrency"] = 1
+    elif protocol in {"gs", "gcs"}:
+        options["use_listings_cache"] = False
+        if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in given:
+            options["token"] = "anon"  # noqa: S105 - the emulator takes no credentials
+    options.update(given)
+    return options
+
+
+def protocol_of(url: str) -> str:
+    """The fsspec protocol of a normalised URL (``file`` for a plain path)."""
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def filesystem(
+    url: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem behind ``url`` with our defaults, and the path inside it."""
+    url = normalise_url(url)
+    options = default_options(protocol_of(url), storage_options or {})
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    return fs, str(root).rstrip("/")

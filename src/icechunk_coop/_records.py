@@ -1,0 +1,366 @@
+"""The blobs of a job: their names, and their content as typed, versioned records.
+
+Every blob a job writes is one of five records. Each has a format tag; a
+blob is decoded in exactly one place (``from_wire``), and anything that is
+not a record of the expected kind and version fails closed with the blob's
+location in the error, the way filelock reads its markers. The wire form is
+a plain dict: records never pickle their own classes, so renaming a class
+cannot turn an old blob into an ``AttributeError`` half-way through loading.
+
+Names live here too, so the protocol, the status read model, cleanup and
+the CLI all spell them the same way::
+
+    setup                 worker 0's setup (pickle: holds the forks)
+    result-<i>            worker i's fork(s) and value (pickle)
+    plan                  the results a finalizer pinned (pickle)
+    committed             the job is done (JSON; outlives cleanup)
+    committed-<target>    a plain zarr target holds the job (JSON)
+    <name>.failed         whoever owed <name> failed (JSON)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+
+import attrs
+
+from icechunk_coop._errors import PayloadFormatError
+
+if TYPE_CHECKING:
+    import icechunk
+
+__all__ = [
+    "COMMITTED",
+    "FAILED_SUFFIX",
+    "PLAN",
+    "SETUP",
+    "Committed",
+    "Failure",
+    "IcechunkSetup",
+    "Plan",
+    "Record",
+    "Result",
+    "Setup",
+    "TargetSetup",
+    "ZarrCommitted",
+    "ZarrSetup",
+    "committed_name",
+    "failure_name",
+    "index_of_result",
+    "result_name",
+]
+
+SETUP = "setup"
+PLAN = "plan"
+COMMITTED = "committed"
+FAILED_SUFFIX = ".failed"
+_RESULT = "result-"
+_RESULT_NAME = re.compile(r"^result-(\d{1,9})$")
+
+Content = Literal["pickle", "json"]
+
+
+def result_name(index: int) -> str:
+    """The name of worker ``index``'s result."""
+    return f"{_RESULT}{index}"
+
+
+def index_of_result(name: str) -> int | None:
+    """The worker index of a result (or its failure marker) name, else None."""
+    match = _RESULT_NAME.match(name.removesuffix(FAILED_SUFFIX))
+    return int(match.group(1)) if match else None
+
+
+def committed_name(target: str) -> str:
+    """Where a plain zarr target records that it holds the job."""
+    return f"{COMMITTED}-{target}"
+
+
+def failure_name(name: str) -> str:
+    """The failure marker of ``name``: whoever owed it will not deliver."""
+    return name + FAILED_SUFFIX
+
+
+def _refuse(location: str, reason: str) -> PayloadFormatError:
+    return PayloadFormatError(location=location, reason=reason)
+
+
+def _field(wire: Mapping[str, Any], key: str, kind: type | tuple[type, ...], location: str) -> Any:
+    value = wire.get(key)
+    if not isinstance(value, kind):
+        raise _refuse(location, f"field {key!r} is {type(value).__name__}, not a valid value")
+    return value
+
+
+def _check_format(wire: object, expected: str, location: str) -> Mapping[str, Any]:
+    if not isinstance(wire, Mapping):
+        raise _refuse(location, f"it holds {type(wire).__name__}, not a {expected} record")
+    tag = wire.get("format")
+    if tag != expected:
+        raise _refuse(
+            location,
+            f"its format is {tag!r}, not {expected!r}: every worker of a job must run the "
+            "same icechunk-coop version",
+        )
+    return wire
+
+
+class Record:
+    """What every record shares: its format tag and how it travels."""
+
+    FORMAT: ClassVar[str]
+    CONTENT: ClassVar[Content]
+
+    def to_wire(self) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - every record defines it
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        raise NotImplementedError  # pragma: no cover - every record defines it
+
+
+@attrs.frozen(kw_only=True)
+class IcechunkSetup:
+    """An Icechunk target's share of the setup.
+
+    ``base`` is the snapshot the job forked from (S0); ``prepared`` holds
+    worker 0's structural changes; ``fork`` is what every worker forks to
+    write into (its base is an anonymous snapshot holding ``prepared``).
+    """
+
+    base: str
+    prepared: icechunk.ForkSession = attrs.field(repr=False)
+    fork: icechunk.ForkSession = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ZarrSetup:
+    """A plain zarr target's share: the ``zarr.json`` documents staged at setup."""
+
+    metadata: Mapping[str, bytes] = attrs.field(repr=False)
+
+    @property
+    def base(self) -> None:
+        """A plain store has no snapshots: nothing to scan down to."""
+        return None
+
+
+TargetSetup = IcechunkSetup | ZarrSetup
+
+
+def _target_to_wire(state: TargetSetup) -> dict[str, Any]:
+    if isinstance(state, IcechunkSetup):
+        return {"kind": "icechunk", "base": state.base, "prepared": state.prepared,
+                "fork": state.fork}  # fmt: skip
+    return {"kind": "zarr", "metadata": dict(state.metadata)}
+
+
+def _target_from_wire(wire: object, location: str) -> TargetSetup:
+    if not isinstance(wire, Mapping):
+        raise _refuse(location, "a target's setup is not a mapping")
+    if wire.get("kind") == "icechunk":
+        import icechunk  # the records module itself must not need it to name blobs
+
+        return IcechunkSetup(
+            base=_field(wire, "base", str, location),
+            prepared=_field(wire, "prepared", icechunk.ForkSession, location),
+            fork=_field(wire, "fork", icechunk.ForkSession, location),
+        )
+    if wire.get("kind") == "zarr":
+        metadata = _field(wire, "metadata", dict, location)
+        if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in metadata.items()):
+            raise _refuse(location, "staged zarr metadata must map keys to bytes")
+        return ZarrSetup(metadata=metadata)
+    raise _refuse(location, f"unknown target kind {wire.get('kind')!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Setup(Record):
+    """What worker 0 publishes once: the forks to write into, per target.
+
+    ``token`` tells setups of one job apart (a namespace cleaned and set up
+    again); results and the plan carry it so nothing of another setup is
+    merged. ``job_start`` is the start every worker of the job uses.
+    """
+
+    FORMAT: ClassVar[str] = "icechunk-coop/setup/1"
+    CONTENT: ClassVar[Content] = "pickle"
+
+    token: str
+    job: str
+    workers_total: int
+    targets: Mapping[str, TargetSetup]
+    job_start: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "token": self.token,
+            "job": self.job,
+            "workers_total": self.workers_total,
+            "job_start": self.job_start,
+            "targets": {name: _target_to_wire(s) for name, s in self.targets.items()},
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = _check_format(wire, cls.FORMAT, location)
+        targets = _field(w, "targets", dict, location)
+        return cls(
+            token=_field(w, "token", str, location),
+            job=_field(w, "job", str, location),
+            workers_total=_field(w, "workers_total", int, location),
+            job_start=_field(w, "job_start", (str, type(None)), location),
+            targets={str(k): _target_from_wire(v, location) for k, v in targets.items()},
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Result(Record):
+    """One worker's output: a fork per Icechunk target and the value ``work`` returned."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/result/1"
+    CONTENT: ClassVar[Content] = "pickle"
+
+    token: str
+    index: int
+    workers_total: int
+    forks: Mapping[str, icechunk.ForkSession] = attrs.field(repr=False)
+    value: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "token": self.token,
+            "index": self.index,
+            "workers_total": self.workers_total,
+            "forks": dict(self.forks),
+            "value": self.value,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        import icechunk
+
+        w = _check_format(wire, cls.FORMAT, location)
+        forks = _field(w, "forks", dict, location)
+        if not all(isinstance(f, icechunk.ForkSession) for f in forks.values()):
+            raise _refuse(location, "a result's forks must be Icechunk fork sessions")
+        return cls(
+            token=_field(w, "token", str, location),
+            index=_field(w, "index", int, location),
+            workers_total=_field(w, "workers_total", int, location),
+            forks=forks,
+            value=w.get("value"),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Plan(Record):
+    """The results a finalizer merges, pinned before any target moves."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/plan/1"
+    CONTENT: ClassVar[Content] = "pickle"
+
+    token: str
+    results: tuple[Result, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "token": self.token,
+            "results": [r.to_wire() for r in self.results],
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = _check_format(wire, cls.FORMAT, location)
+        results = _field(w, "results", list, location)
+        return cls(
+            token=_field(w, "token", str, location),
+            results=tuple(Result.from_wire(r, location) for r in results),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Committed(Record):
+    """The job is done: what each target got. Kept after cleanup for late pods."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/committed/1"
+    CONTENT: ClassVar[Content] = "json"
+
+    snapshots: Mapping[str, str]
+    at: float
+    workers_total: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "snapshots": dict(self.snapshots),
+            "at": self.at,
+            "workers_total": self.workers_total,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = _check_format(wire, cls.FORMAT, location)
+        snapshots = _field(w, "snapshots", dict, location)
+        return cls(
+            snapshots={str(k): str(v) for k, v in snapshots.items()},
+            at=float(_field(w, "at", (int, float), location)),
+            workers_total=_field(w, "workers_total", (int, type(None)), location),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ZarrCommitted(Record):
+    """A plain zarr target got its final ``zarr.json`` documents (these keys)."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/zarr-committed/1"
+    CONTENT: ClassVar[Content] = "json"
+
+    target: str
+    keys: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "target": self.target, "keys": list(self.keys)}
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = _check_format(wire, cls.FORMAT, location)
+        keys = _field(w, "keys", list, location)
+        return cls(target=_field(w, "target", str, location), keys=tuple(map(str, keys)))
+
+
+@attrs.frozen(kw_only=True)
+class Failure(Record):
+    """Whoever owed the blob ``name`` failed: waiters stop at once instead of timing out."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/failure/1"
+    CONTENT: ClassVar[Content] = "json"
+
+    name: str
+    summary: str
+    at: float
+    worker: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "name": self.name,
+            "summary": self.summary,
+            "at": self.at,
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = _check_format(wire, cls.FORMAT, location)
+        return cls(
+            name=_field(w, "name", str, location),
+            summary=_field(w, "summary", str, location),
+            at=float(_field(w, "at", (int, float), location)),
+            worker=_field(w, "worker", (int, type(None)), location),
+        )

@@ -1,0 +1,111 @@
+"""Step 1, setup: worker 0 prepares and publishes once; every other worker waits and loads.
+
+A restarted worker 0 reuses a published setup (and so its base snapshot):
+it never re-forks from a branch that moved meanwhile. Two copies of worker 0
+race on a put-if-absent and both go on with the one that landed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from icechunk_coop import _crash
+from icechunk_coop._context import JobContext
+from icechunk_coop._errors import (
+    AlreadyCommittedError,
+    ForeignPayloadError,
+    WorkersTotalMismatchError,
+)
+from icechunk_coop._records import COMMITTED, SETUP, Committed, Setup, result_name
+from icechunk_coop._targets import Stores
+
+__all__ = ["Prepare", "load_setup", "publish_setup", "setup", "stores_of"]
+
+log = logging.getLogger("icechunk_coop.cooperative")
+
+Prepare = Callable[[Stores], None]
+
+
+def stores_of(ctx: JobContext, by_name: dict[str, object]) -> Stores:
+    """The zarr stores of each target, primary and replicas in their order."""
+    *replicas, primary = (by_name[d.name] for d in ctx.drivers)
+    return Stores(primary=primary, replicas=tuple(replicas))  # type: ignore[arg-type]
+
+
+def _job_start(ctx: JobContext) -> str | None:
+    start: datetime | None = ctx.identity.job_start
+    return start.isoformat() if start else None
+
+
+def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
+    """Worker 0: stage every target, run ``prepare`` in the forks, publish the setup once."""
+    existing = ctx.meeting.read(SETUP, Setup)
+    if existing is not None:
+        log.info("%s: reusing the setup already published", ctx.where)
+        return existing
+    staging = {d.name: d.stage(primary=d is ctx.primary) for d in ctx.drivers}
+    _crash.reach("before-prepare")
+    if prepare is not None:
+        log.info("%s: preparing (structural changes)", ctx.where)
+        prepare(stores_of(ctx, {name: s.store for name, s in staging.items()}))
+    _crash.reach("after-prepare")
+    record = Setup(
+        token=uuid.uuid4().hex,
+        job=ctx.job_id,
+        workers_total=ctx.identity.workers_total,
+        job_start=_job_start(ctx),
+        targets={name: s.seal() for name, s in staging.items()},
+    )
+    won, record = ctx.meeting.publish_once(SETUP, record)
+    if not won:
+        log.info("%s: another copy of worker 0 published first", ctx.where)
+    elif ctx.meeting.read(COMMITTED, Committed) is not None:
+        # Ours landed only because a finished job's namespace was cleaned
+        # (COMMITTED outlives the cleanup): the job is done.
+        ctx.meeting.remove(SETUP)
+        raise AlreadyCommittedError(job=ctx.job_id, snapshot=None)
+    _crash.reach("after-publish-setup")
+    return record
+
+
+def load_setup(ctx: JobContext) -> Setup:
+    """Every other worker: wait for the setup (ends early if the job fails or commits)."""
+    return ctx.meeting.wait_for(SETUP, Setup)
+
+
+def _check(ctx: JobContext, record: Setup) -> Setup:
+    location = ctx.meeting.location(SETUP)
+    if record.job != ctx.job_id:  # sealed frames already check this; belt and braces
+        raise ForeignPayloadError(location=location, reason=f"it is job {record.job!r}'s setup")
+    if record.workers_total != ctx.identity.workers_total:
+        raise WorkersTotalMismatchError(
+            job=ctx.job_id,
+            worker_index=ctx.identity.worker_index,
+            expected=record.workers_total,
+            got=ctx.identity.workers_total,
+        )
+    missing = {d.name for d in ctx.drivers} - set(record.targets)
+    if missing:
+        raise ForeignPayloadError(
+            location=location,
+            reason=f"it has no target(s) {', '.join(sorted(missing))}: every worker must be "
+            "given the same targets",
+        )
+    return record
+
+
+def setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
+    """This worker's setup of the job, after withdrawing its own stale failure markers.
+
+    The index is running (again): its markers go first, so that peers retried
+    meanwhile wait for it instead of failing on the marker of an attempt that
+    is already over.
+    """
+    ctx.meeting.clear_failure(result_name(ctx.identity.worker_index))
+    if ctx.identity.is_first:
+        ctx.meeting.clear_failure(SETUP)
+        return _check(ctx, publish_setup(ctx, prepare))
+    return _check(ctx, load_setup(ctx))

@@ -1,0 +1,74 @@
+"""Step 2, work: a worker's own forks of every target, and the result it publishes.
+
+A worker that runs twice replaces its own result whole (publish is
+idempotent), so the merge sees exactly one result per index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from icechunk_coop import _crash
+from icechunk_coop._context import JobContext
+from icechunk_coop._drivers import Fork
+from icechunk_coop._errors import ConfigurationError
+from icechunk_coop._records import Result, Setup, result_name
+from icechunk_coop._setup import stores_of
+from icechunk_coop._targets import Stores
+
+__all__ = ["Forks", "open_forks", "publish_result", "result_of"]
+
+log = logging.getLogger("icechunk_coop.cooperative")
+
+
+@attrs.frozen(kw_only=True)
+class Forks:
+    """What one worker writes into: its own copy of every target, as zarr stores."""
+
+    setup: Setup = attrs.field(repr=False)
+    forks: Mapping[str, Fork] = attrs.field(repr=False)
+    stores: Stores
+
+
+def open_forks(ctx: JobContext, setup: Setup) -> Forks:
+    """This worker's private fork (or staging store) of every target."""
+    forks = {d.name: d.fork(setup.targets[d.name]) for d in ctx.drivers}
+    stores = stores_of(ctx, {name: f.store for name, f in forks.items()})
+    return Forks(setup=setup, forks=forks, stores=stores)
+
+
+def _jsonable(value: Any, index: int) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"worker {index}'s result is not JSON-serialisable ({exc}); return plain "
+            "dicts, lists, strings and numbers"
+        ) from exc
+    return value
+
+
+def result_of(ctx: JobContext, forks: Forks, value: Any) -> Result:
+    """The result record of this worker: its forks and the value its work returned."""
+    index = ctx.identity.worker_index
+    sessions = {name: s for name, f in forks.forks.items() if (s := f.session) is not None}
+    return Result(
+        token=forks.setup.token,
+        index=index,
+        workers_total=ctx.identity.workers_total,
+        forks=sessions,
+        value=_jsonable(value, index),
+    )
+
+
+def publish_result(ctx: JobContext, result: Result) -> None:
+    """Publish this worker's result, replacing an earlier attempt's."""
+    _crash.reach("before-publish-result")
+    ctx.meeting.publish(result_name(result.index), result)
+    log.info("%s: published its result", ctx.where)
+    _crash.reach("after-publish-result")

@@ -1,0 +1,105 @@
+"""The plain zarr v3 driver: chunks from the workers, every ``zarr.json`` from the last.
+
+A zarr store has no history to rebase over and no branch to compare-and-set,
+so "exactly once" lives in the meeting point instead: the last worker writes
+the staged metadata, then a ``committed-<target>`` marker; a restarted
+finalizer that finds the marker leaves the store alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from icechunk_coop._drivers import Store
+from icechunk_coop._errors import AlreadyCommittedError, ForeignPayloadError
+from icechunk_coop._ledger import Provenance
+from icechunk_coop._records import TargetSetup, ZarrCommitted, ZarrSetup, committed_name
+from icechunk_coop._targets import ZarrTarget
+from icechunk_coop._zarr_staging import StagedMetadataStore, open_zarr_store, publish_staged
+
+if TYPE_CHECKING:
+    import icechunk
+
+    from icechunk_coop._meeting import MeetingPoint
+
+__all__ = ["ZarrDriver"]
+
+ZARR_COMMIT = "zarr"  # what stands for a snapshot id where there are no snapshots
+
+
+@attrs.frozen(kw_only=True)
+class _Staged:
+    """Staging, fork and merge of a zarr target are all one staging store."""
+
+    store: StagedMetadataStore
+
+    def seal(self) -> TargetSetup:
+        return ZarrSetup(metadata=dict(self.store.staged))
+
+    @property
+    def session(self) -> icechunk.ForkSession | None:
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class _Merge:
+    driver: ZarrDriver
+    store: StagedMetadataStore
+
+    def landed(self) -> str | None:
+        return self.driver.find_commit(None)
+
+    def rebase(self, *, committed: Sequence[str]) -> None:
+        return None  # no history: the setup's metadata is the base, by contract
+
+    def commit(self, message: str, provenance: Provenance) -> str:
+        keys = publish_staged(self.store.wrapped, self.store.staged)
+        marker = ZarrCommitted(target=self.driver.name, keys=tuple(keys))
+        self.driver.meeting.publish(committed_name(self.driver.name), marker)
+        return ZARR_COMMIT
+
+
+@attrs.frozen(kw_only=True)
+class ZarrDriver:
+    """Drives one plain zarr v3 store."""
+
+    target: ZarrTarget
+    job_id: str
+    meeting: MeetingPoint
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def needs_fork(self) -> bool:
+        return False
+
+    def find_commit(self, base: str | None) -> str | None:
+        marker = self.meeting.read(committed_name(self.name), ZarrCommitted)
+        return None if marker is None else ZARR_COMMIT
+
+    def _staged(self, state: TargetSetup) -> StagedMetadataStore:
+        if not isinstance(state, ZarrSetup):
+            raise ForeignPayloadError(
+                location=f"setup of target {self.name!r}",
+                reason="it was set up as an Icechunk target, this worker has a plain zarr one",
+            )
+        return StagedMetadataStore(open_zarr_store(self.target), dict(state.metadata))
+
+    def stage(self, *, primary: bool) -> _Staged:
+        if primary and self.find_commit(None) is not None:
+            raise AlreadyCommittedError(job=self.job_id, snapshot=None)
+        return _Staged(store=StagedMetadataStore(open_zarr_store(self.target)))
+
+    def fork(self, state: TargetSetup) -> _Staged:
+        return _Staged(store=self._staged(state))
+
+    def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
+        return _Merge(driver=self, store=self._staged(state))
+
+    def cleanup(self) -> None:
+        return None
