@@ -49,7 +49,7 @@ from icechunk_coop import (
     WorkerIdentity,
     icechunk_storage,
 )
-from icechunk_coop.cooperative import SETUP, result_name
+from icechunk_coop._records import SETUP, result_name
 
 CALLS: dict[str, int] = {"commit": 0, "rebase": 0, "reset_branch": 0}
 REBASE_ATTEMPTS: list[int] = []
@@ -124,7 +124,7 @@ def _rebase_attempts(repo: icechunk.Repository, snapshot: str) -> int:
 
 def run_coop(args: argparse.Namespace, policy: WaitPolicy) -> dict[str, Any]:
     primary = IcechunkTarget(name="primary", storage=icechunk_storage(args.repo))
-    job = CooperativeJob.from_env(rendezvous_url=args.rendezvous, primary=primary, policy=policy)
+    job = CooperativeJob.create(rendezvous_url=args.rendezvous, primary=primary, policy=policy)
     index, total = job.identity.worker_index, job.identity.workers_total
 
     def prepare(stores: Stores) -> None:

@@ -28,8 +28,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from icechunk_coop.testing import LOOPBACK, LocalS3, free_port, local_s3, serve
+
+# Cooperative-equals-serial and other property tests: a small fixed search in CI
+# (derandomized, so a run is reproducible), a longer one a variable away.
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    stateful_step_count=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=300, stateful_step_count=20, deadline=None, print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header() -> list[str]:
+    """The versions that decide what storage and merge semantics the tests saw."""
+    from importlib.metadata import version
+
+    names = ("icechunk", "zarr", "s3fs", "fsspec", "moto", "tenacity", "hypothesis")
+    return ["versions: " + ", ".join(f"{n} {version(n)}" for n in names)]
 
 
 @pytest.fixture(scope="session")

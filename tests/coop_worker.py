@@ -9,8 +9,8 @@ only on the row, so one worker and N workers must produce identical arrays.
 Fault injection (for restart tests), by environment:
 ``COOP_TEST_DIE_IN_WORK=1``: hard exit after writing half the rows;
 ``COOP_TEST_RAISE_IN_WORK=1``: raise (a clean failure, marker published);
-``COOP_TEST_DIE_AFTER_COMMITS=K``: hard exit right after the K-th target
-branch moved;
+``ICECHUNK_COOP_CRASH_AT=<point>``: the package's own crash points (e.g.
+``between-commits``: hard exit after the first target moved);
 ``COOP_TEST_SLEEP_IN_WORK=S``: sleep S seconds in work (a slow worker);
 ``COOP_TEST_NO_WRITE=1``: the job appends nothing and writes nothing;
 ``COOP_TEST_REWRITE_ROW=R``: the last worker also rewrites existing row R.
@@ -26,12 +26,17 @@ import sys
 import time
 from typing import Any
 
-import icechunk
 import numpy as np
 import zarr
 
-from icechunk_coop import IcechunkTarget, Stores, WaitPolicy, ZarrTarget, icechunk_storage
-from icechunk_coop.cooperative import CooperativeJob
+from icechunk_coop import (
+    CooperativeJob,
+    IcechunkTarget,
+    Stores,
+    WaitPolicy,
+    ZarrTarget,
+    icechunk_storage,
+)
 
 COLS = 8
 ROWS_PER_JOB = 16
@@ -60,24 +65,6 @@ def ensure_arrays(store: Any) -> int:
     return int(root["temp"].shape[0])
 
 
-def install_faults() -> None:
-    die_after = int(os.environ.get("COOP_TEST_DIE_AFTER_COMMITS", "0"))
-    if not die_after:
-        return
-    original = icechunk.Repository.reset_branch
-    moved = [0]
-
-    def reset_branch(self: Any, branch: str, snapshot_id: str, **kw: Any) -> None:
-        original(self, branch, snapshot_id, **kw)
-        if kw.get("from_snapshot_id") is not None:
-            moved[0] += 1
-            if moved[0] >= die_after:
-                print("DYING after commit", moved[0], flush=True)
-                os._exit(17)
-
-    icechunk.Repository.reset_branch = reset_branch  # type: ignore[method-assign]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repo", required=True)
@@ -87,7 +74,6 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    install_faults()
 
     primary = IcechunkTarget(name="primary", storage=icechunk_storage(args.repo))
     replicas: list[Any] = [
@@ -95,7 +81,7 @@ def main() -> int:
         for k, url in enumerate(args.replica)
     ]
     replicas += [ZarrTarget(name=f"zarr{k}", url=url) for k, url in enumerate(args.zarr)]
-    job = CooperativeJob.from_env(
+    job = CooperativeJob.create(
         rendezvous_url=args.rendezvous,
         primary=primary,
         replicas=replicas,

@@ -10,9 +10,14 @@ from pathlib import Path
 import icechunk
 import pytest
 
-from icechunk_coop import ConfigurationError, Sealer, icechunk_storage
+from icechunk_coop import (
+    SECRET_ENV,
+    ConfigurationError,
+    Sealer,
+    icechunk_storage,
+    job_branch_prefix,
+)
 from icechunk_coop.cli import clean, main, parse_age, status
-from icechunk_coop.cooperative import job_branch_prefix
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "cli-test-secret-0123456789abcdef"
@@ -94,6 +99,11 @@ def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[s
     assert "missing" in lines["1"]
     assert "failed" in lines["2"]
     assert "no source files" in lines["2"]
+    # By name, and without --workers: the total comes from the setup (the secret is set).
+    proc = cli("status", rv, "--job", "half", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"job {job_id}: failed" in proc.stdout
+    assert "workers total 3, from the setup" in proc.stdout
 
     repository = icechunk.Repository.open(icechunk_storage(repo))
     assert repository.list_branches() == {"main"}  # setup moves no ref
@@ -124,6 +134,103 @@ def test_status_never_unpickles_a_planted_marker(tmp_path: Path) -> None:
     assert status(str(rv), "j", 1, out) == 0
     assert not canary.exists()
     assert "refused" in out.getvalue() and "'pickle' content" in out.getvalue()
+
+
+def worker_rows(text: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in text.splitlines() if line[:1].isdigit()}
+
+
+def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
+    tmp_path: Path, base_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    env = {**base_env, "JOB_NAME": "late", "JOB_UID": "u7", "WORKERS_TOTAL": "3"}
+    env["ICECHUNK_COOP_SECRET"] = SECRET
+    argv = [sys.executable, WORKER, "--repo", repo, "--rendezvous", rv]
+
+    def worker(index: int) -> None:
+        proc = subprocess.run(
+            argv,
+            env={**env, "JOB_COMPLETION_INDEX": str(index)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    worker(0)  # setup published and result-0; workers 1 and 2 never came
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    out = io.StringIO()
+    assert status(rv, "late", None, out) == 0
+    assert "job late-u7: running" in out.getvalue()
+    assert list(worker_rows(out.getvalue())) == ["0"]  # all a reader without the secret sees
+    assert "inferred as 1" in out.getvalue()
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    out = io.StringIO()
+    assert status(rv, "late", None, out) == 0
+    rows = worker_rows(out.getvalue())
+    assert [rows[i].split()[1] for i in "012"] == ["arrived", "missing", "missing"]
+    assert "workers total 3, from the setup" in out.getvalue()
+
+    worker(1)
+    worker(2)  # the last worker commits and cleans up
+    tip = icechunk.Repository.open(icechunk_storage(repo)).lookup_branch("main")
+    out = io.StringIO()
+    assert status(rv, "late-u7", None, out) == 0
+    text = out.getvalue()
+    assert "job late-u7: committed" in text
+    assert "by 3 workers" in text
+    assert f"primary  {tip}" in text
+    assert "missing" not in text and "setup: not yet" not in text
+    monkeypatch.delenv(SECRET_ENV)
+    out = io.StringIO()
+    assert status(rv, "late", None, out) == 0
+    text = out.getvalue()
+    assert "committed: (sealed: set ICECHUNK_COOP_SECRET" in text
+    assert "missing" not in text and "setup: not yet" not in text
+    out = io.StringIO()
+    assert status(rv, None, None, out) == 0
+    assert "late-u7  committed  -" in out.getvalue()
+
+
+def test_a_name_finds_its_job_or_says_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    rv = tmp_path / "rv"
+    for job_id in ("twin-u1", "twin-u2", "twinkle-u3"):
+        (rv / job_id).mkdir(parents=True)
+        (rv / job_id / "setup").write_bytes(b"x")
+    out = io.StringIO()
+    assert status(str(rv), "twin", None, out) == 1
+    assert "matches 2 jobs" in out.getvalue()
+    assert "twin-u1" in out.getvalue() and "twin-u2" in out.getvalue()
+    assert "twinkle" not in out.getvalue()
+    with pytest.raises(ConfigurationError, match="twin-u1, twin-u2"):
+        clean(str(rv), job="twin", older_than=None, repos=[], out=out)
+    assert (rv / "twin-u1").exists() and (rv / "twin-u2").exists()
+    assert clean(str(rv), job="twin-u1", older_than=None, repos=[], out=out) == ["twin-u1"]
+    out = io.StringIO()
+    assert status(str(rv), "twin", None, out) == 0
+    assert out.getvalue().startswith("job twin-u2: running")
+    assert "setup: published" in out.getvalue()
+    assert clean(str(rv), job="twinkle", older_than=None, repos=[], out=out) == ["twinkle-u3"]
+
+
+def test_clean_by_name_finds_the_branches_of_a_job_already_gone(tmp_path: Path) -> None:
+    repo_url, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    repo = icechunk.Repository.create(icechunk_storage(repo_url))
+    tip = repo.lookup_branch("main")
+    for job_id in ("gone-u1", "other-u2"):
+        repo.create_branch(job_branch_prefix(job_id) + "attempt1", tip)
+    out = io.StringIO()
+    assert clean(rv, job="gone", older_than=None, repos=[repo_url], out=out) == []
+    assert f"deleted branch {job_branch_prefix('gone-u1')}attempt1" in out.getvalue()
+    assert repo.list_branches() == {"main", job_branch_prefix("other-u2") + "attempt1"}
+    # By age, every temporary branch of a job no longer in the rendezvous goes.
+    assert clean(rv, job=None, older_than=60, repos=[repo_url], out=out) == []
+    assert repo.list_branches() == {"main"}
 
 
 class PlantedFile:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import zarr
 
-from icechunk_coop import icechunk_storage
-from icechunk_coop.cooperative import METADATA_KEY
+from icechunk_coop import METADATA_KEY, icechunk_storage
+from icechunk_coop.testing import CRASH_EXIT_CODE
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "test-secret-0123456789abcdef"
@@ -377,8 +377,8 @@ def test_replicas_zarr_and_primary_with_a_crash_between_commits(
     job.extra = ["--replica", replica, "--zarr", plain]
     total = 3
     # The last worker dies right after its first target commit: the replica.
-    results = job.run(total, None, COOP_TEST_DIE_AFTER_COMMITS="1")
-    assert [c for c, _ in results] == [0, 0, 17], results
+    results = job.run(total, None, ICECHUNK_COOP_CRASH_AT="between-commits")
+    assert [c for c, _ in results] == [0, 0, CRASH_EXIT_CODE], results
     rep, prim = open_repo(replica, base_env), open_repo(job.repo, base_env)
     assert len(job_commits(rep, job.name)) == 1
     assert job_commits(prim, job.name) == []  # the primary is behind, never ahead

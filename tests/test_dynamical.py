@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from icechunk_coop import ConfigurationError, icechunk_storage, worker_share
-from icechunk_coop.cooperative import METADATA_KEY
+from icechunk_coop import METADATA_KEY, ConfigurationError, icechunk_storage, worker_share
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "synthetic_forecast.py")

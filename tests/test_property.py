@@ -1,121 +1,154 @@
-"""Cooperative equals serial: the property icechunk's own fork/merge tests hold, for us.
+"""Cooperative equals serial, as a Hypothesis state machine (icechunk proves it for itself).
 
-For many random jobs (array shape and chunking, number of workers, which
-chunks get written and by whom, with or without growing the array first),
-N in-process workers going through the whole protocol must leave exactly what
-one session doing the same writes leaves. Workers run one after another in
-this process: fork/merge does not care which process a fork lived in, and the
-multi-process versions are in ``test_cooperative.py``.
+Two repositories start equal. Each rule adds to the pending job (a chunk
+write, an append of rows) or runs it: once by one session doing the writes
+in order, once by N cooperative workers (worker 0 prepares the resize, the
+writes are shared out by chunk, the workers in the middle run in a random
+order, the last one merges and commits). After every job both repositories
+must hold the same array, and the cooperative one exactly one more snapshot.
+
+Workers run in this process (``icechunk_coop.testing.run_in_process``):
+fork/merge does not care which process a fork lived in; the multi-process
+versions are in ``test_cooperative.py``. CI runs the ``ci`` profile; set
+``HYPOTHESIS_PROFILE=long`` for a longer search.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import shutil
+import tempfile
 from pathlib import Path
 
 import icechunk
 import numpy as np
-import pytest
 import zarr
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity
-from icechunk_coop.dynamical import Store
+from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, WorkerOutcome
+from icechunk_coop.testing import job_commits, run_in_process
 
 SECRET = "property-secret-0123456789abcdef"
+CHUNKS = (2, 3)
+COLS = 6
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One random job: the array, how much it grows, which worker writes which chunk."""
-
-    shape: tuple[int, int]
-    chunks: tuple[int, int]
-    grow: int
-    workers: int
-    owner: dict[tuple[int, int], int]
-    values: dict[tuple[int, int], int]
+def _open(path: Path) -> icechunk.Repository:
+    return icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
 
 
-def random_job(rng: random.Random) -> Spec:
-    chunks = (rng.randint(1, 3), rng.randint(1, 4))
-    shape = (chunks[0] * rng.randint(1, 4), chunks[1] * rng.randint(1, 3))
-    grow = rng.randint(0, 2) * chunks[0]  # rows the job appends (prepare resizes)
-    rows = shape[0] + grow
-    blocks = [(i, j) for i in range(rows // chunks[0]) for j in range(shape[1] // chunks[1])]
-    written = rng.sample(blocks, rng.randint(1, len(blocks)))
-    workers = rng.randint(1, 5)
-    return Spec(
-        shape=shape,
-        chunks=chunks,
-        grow=grow,
-        workers=workers,
-        owner={block: rng.randrange(workers) for block in written},  # disjoint by construction
-        values={block: rng.randint(1, 1000) for block in written},
-    )
-
-
-def create(repo: icechunk.Repository, spec: Spec) -> None:
-    session = repo.writable_session("main")
-    root = zarr.open_group(session.store, mode="a")
-    array = root.create_array("a", shape=spec.shape, chunks=spec.chunks, dtype="i4", fill_value=-1)
-    array[:] = 0
-    session.commit("base")
-
-
-def write_block(store: Store, spec: Spec, block: tuple[int, int]) -> None:
-    (ci, cj), (i, j) = spec.chunks, block
-    array = zarr.open_array(store, path="a", mode="r+")
-    array[i * ci : (i + 1) * ci, j * cj : (j + 1) * cj] = spec.values[block]
-
-
-def grow(store: Store, spec: Spec) -> None:
-    array = zarr.open_array(store, path="a", mode="r+")
-    array.resize((spec.shape[0] + spec.grow, spec.shape[1]))
-
-
-def serial(tmp_path: Path, spec: Spec) -> np.ndarray:
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "serial")))
-    create(repo, spec)
-    session = repo.writable_session("main")
-    grow(session.store, spec)
-    for block in spec.owner:
-        write_block(session.store, spec, block)
-    session.commit("serial", allow_empty=True)
+def _array(repo: icechunk.Repository) -> np.ndarray:
     return np.asarray(zarr.open_array(repo.readonly_session("main").store, path="a")[:])
 
 
-def cooperative(tmp_path: Path, spec: Spec) -> tuple[np.ndarray, int]:
-    storage = icechunk.local_filesystem_storage(str(tmp_path / "coop"))
-    repo = icechunk.Repository.create(storage)
-    create(repo, spec)
-    total = spec.workers
-    for index in range(total):  # 0 prepares first; the last one merges and commits
-        job = CooperativeJob.for_identity(
-            WorkerIdentity(worker_index=index, workers_total=total, job_name="prop", job_uid="u"),
-            rendezvous_url=str(tmp_path / "rv"),
-            primary=IcechunkTarget(name="primary", storage=storage),
-            environ={"ICECHUNK_COOP_SECRET": SECRET},
+class CooperativeEqualsSerial(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="coop-prop-"))
+        for name in ("serial", "coop"):
+            repo = icechunk.Repository.create(
+                icechunk.local_filesystem_storage(str(self.dir / name))
+            )
+            session = repo.writable_session("main")
+            root = zarr.open_group(session.store, mode="a")
+            root.create_array("a", shape=(4, COLS), chunks=CHUNKS, dtype="i4", fill_value=-1)
+            session.commit("base")
+        self.rows = 4  # rows readers see
+        self.grow = 0  # rows the pending job appends
+        self.writes: list[tuple[tuple[int, int], int]] = []  # (block, value), in order
+        self.jobs = 0
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(rows=st.sampled_from([2, 4]))
+    def append_rows(self, rows: int) -> None:
+        self.grow += rows
+
+    @rule(data=st.data(), value=st.integers(0, 999))
+    def write_chunk(self, data: st.DataObject, value: int) -> None:
+        blocks_i = (self.rows + self.grow) // CHUNKS[0]
+        block = (
+            data.draw(st.integers(0, blocks_i - 1), label="block row"),
+            data.draw(st.integers(0, COLS // CHUNKS[1] - 1), label="block col"),
         )
+        self.writes.append((block, value))
 
-        def work(stores: Stores, index: int = index) -> int:
-            mine = [block for block, owner in spec.owner.items() if owner == index]
-            for block in mine:
-                write_block(stores.primary, spec, block)
-            return len(mine)
+    def _write(self, store: zarr.abc.store.Store, block: tuple[int, int], value: int) -> None:
+        (ci, cj), (i, j) = CHUNKS, block
+        zarr.open_array(store, path="a", mode="r+")[
+            i * ci : (i + 1) * ci, j * cj : (j + 1) * cj
+        ] = value
 
-        job.run(work=work, prepare=lambda stores: grow(stores.primary, spec), message="coop")
-    repo = icechunk.Repository.open(storage)
-    history = list(repo.ancestry(branch="main"))
-    return np.asarray(zarr.open_array(repo.readonly_session("main").store, path="a")[:]), len(
-        history
+    def _resize(self, store: zarr.abc.store.Store) -> None:
+        if self.grow:
+            zarr.open_array(store, path="a", mode="r+").resize((self.rows + self.grow, COLS))
+
+    def _serial(self) -> None:
+        repo = _open(self.dir / "serial")
+        session = repo.writable_session("main")
+        self._resize(session.store)
+        for block, value in self.writes:
+            self._write(session.store, block, value)
+        session.commit("serial", allow_empty=True)
+
+    def _cooperative(self, workers: int, owners: list[int], order: random.Random) -> None:
+        owner = {
+            block: owners[n % len(owners)] % workers for n, (block, _) in enumerate(self.writes)
+        }
+        storage = icechunk.local_filesystem_storage(str(self.dir / "coop"))
+
+        def make(identity: WorkerIdentity) -> CooperativeJob:
+            return CooperativeJob.create(
+                identity=identity,
+                rendezvous_url=str(self.dir / "rv"),
+                primary=IcechunkTarget(name="primary", storage=storage),
+                environ={"ICECHUNK_COOP_SECRET": SECRET},
+            )
+
+        def run(job: CooperativeJob) -> WorkerOutcome:
+            me = job.identity.worker_index
+
+            def work(stores: Stores) -> int:
+                mine = [(b, v) for b, v in self.writes if owner[b] == me]
+                for block, value in mine:
+                    self._write(stores.primary, block, value)
+                return len(mine)
+
+            return job.run(work=work, prepare=lambda s: self._resize(s.primary), message="coop")
+
+        middle = list(range(1, workers - 1))
+        order.shuffle(middle)
+        indexes = [0, *middle, workers - 1] if workers > 1 else [0]
+        outcomes = run_in_process(
+            make, workers, run, indexes=indexes, job_name="prop", job_uid=str(self.jobs)
+        )
+        assert outcomes[-1].status == "committed"
+        assert sum(o.result for o in outcomes) == len(self.writes)
+        assert len(job_commits(_open(self.dir / "coop"), f"prop-{self.jobs}")) == 1
+
+    @precondition(lambda self: self.jobs < 6)
+    @rule(
+        workers=st.integers(1, 4),
+        owners=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+        order=st.randoms(use_true_random=False),
     )
+    def run_job(self, workers: int, owners: list[int], order: random.Random) -> None:
+        self._serial()
+        self._cooperative(workers, owners, order)
+        self.jobs += 1
+        self.rows += self.grow
+        self.grow, self.writes = 0, []
+
+    @invariant()
+    def both_hold_the_same(self) -> None:
+        serial, coop = _open(self.dir / "serial"), _open(self.dir / "coop")
+        np.testing.assert_array_equal(_array(coop), _array(serial))
+        # Repository creation, base, and exactly one snapshot per job, on both sides.
+        assert len(list(coop.ancestry(branch="main"))) == 2 + self.jobs
+        assert len(list(serial.ancestry(branch="main"))) == 2 + self.jobs
+        assert coop.list_branches() == {"main"}
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_cooperative_equals_serial(tmp_path: Path, seed: int) -> None:
-    spec = random_job(random.Random(seed))
-    expected = serial(tmp_path, spec)
-    got, snapshots = cooperative(tmp_path, spec)
-    np.testing.assert_array_equal(got, expected, err_msg=str(spec))
-    assert snapshots == 3  # repository created, base, and exactly one for the job
+TestCooperativeEqualsSerial = CooperativeEqualsSerial.TestCase

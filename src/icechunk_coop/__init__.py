@@ -3,6 +3,7 @@
 The public API lives here; modules with a leading underscore are private.
 """
 
+from icechunk_coop._cleanup import delete_temporary_branches, remove_job, temporary_branches
 from icechunk_coop._errors import (
     AlreadyCommittedError,
     BranchKeptMovingError,
@@ -31,7 +32,14 @@ from icechunk_coop._ledger import METADATA_KEY, job_branch_prefix, job_of_branch
 from icechunk_coop._locations import normalise_url
 from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop._rendezvous import Rendezvous
-from icechunk_coop._status import JobListing, JobStatus, WorkerState, list_jobs, read_job
+from icechunk_coop._status import (
+    JobListing,
+    JobStatus,
+    WorkerState,
+    find_jobs,
+    list_jobs,
+    read_job,
+)
 from icechunk_coop._storage import icechunk_storage
 from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
@@ -90,6 +98,8 @@ __all__ = [
     "WorkersTotalMismatchError",
     "ZarrTarget",
     "commit_merged",
+    "delete_temporary_branches",
+    "find_jobs",
     "get_forked_session",
     "get_merged_sessions",
     "icechunk_storage",
@@ -102,5 +112,7 @@ __all__ = [
     "normalise_url",
     "publish_result",
     "read_job",
+    "remove_job",
+    "temporary_branches",
     "worker_share",
 ]

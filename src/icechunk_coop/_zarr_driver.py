@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from icechunk_coop._drivers import Store
 from icechunk_coop._errors import AlreadyCommittedError, ForeignPayloadError
 from icechunk_coop._ledger import Provenance
 from icechunk_coop._records import TargetSetup, ZarrCommitted, ZarrSetup, committed_name

@@ -1,0 +1,88 @@
+"""The environment as the identity reads it: variable names and raw values.
+
+These are the variables :meth:`WorkerIdentity.from_env
+<icechunk_coop._identity.WorkerIdentity.from_env>` consults, the view of
+the environment that treats an empty value as unset (the downward API
+yields "" for a missing label), and the one way a number is parsed from it,
+so every reader reports a bad value alike, naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from icechunk_coop._errors import IdentityError
+
+__all__ = [
+    "CRONJOB_NAME",
+    "DIGITS",
+    "INDEX_VARIABLES",
+    "JOB_NAME",
+    "JOB_START",
+    "JOB_UID",
+    "ORCHESTRATORS",
+    "WORKERS_TOTAL",
+    "WORKER_INDEX",
+    "Env",
+    "number",
+]
+
+#: Where an identity can come from; the value of :attr:`WorkerIdentity.orchestrator`.
+ORCHESTRATORS: Final = ("explicit", "kubernetes", "aws-batch", "cloud-run", "google-batch", "slurm")
+
+# Explicit variables: they win over anything an orchestrator sets.
+WORKER_INDEX: Final = "WORKER_INDEX"
+WORKERS_TOTAL: Final = "WORKERS_TOTAL"
+JOB_NAME: Final = "JOB_NAME"
+JOB_UID: Final = "JOB_UID"
+JOB_START: Final = "JOB_START"
+CRONJOB_NAME: Final = "CRONJOB_NAME"
+
+DIGITS: Final = re.compile(r"[0-9]+")
+INDEX_VARIABLES: Final = (
+    WORKER_INDEX,
+    "JOB_COMPLETION_INDEX",
+    "AWS_BATCH_JOB_ARRAY_INDEX",
+    "CLOUD_RUN_TASK_INDEX",
+    "BATCH_TASK_INDEX",
+    "SLURM_ARRAY_TASK_ID",
+)
+
+
+class Env:
+    """The environment with empty values treated as unset."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return value if value else None
+
+    def has(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def need(self, name: str, why: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise IdentityError(f"{name} is not set: {why}")
+        return value
+
+    def number(self, name: str, why: str, *, minimum: int = 0) -> int:
+        return number(name, self.need(name, why), minimum=minimum)
+
+
+def number(name: str, raw: str, *, minimum: int = 0) -> int:
+    text = raw.strip()
+    if DIGITS.fullmatch(text) is None:
+        kind = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+        raise IdentityError(f"{name}={raw!r} is not a valid number: expected {kind}")
+    try:
+        value = int(text)
+    except ValueError:  # more digits than int() will parse
+        raise IdentityError(f"{name}={raw!r} is not a valid number: too many digits") from None
+    if value < minimum:
+        raise IdentityError(f"{name}={raw!r} is too small: expected an integer >= {minimum}")
+    return value

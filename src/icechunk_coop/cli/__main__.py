@@ -1,0 +1,7 @@
+"""``python -m icechunk_coop.cli``: the ``icechunk-coop`` command."""
+
+import sys
+
+from icechunk_coop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""``icechunk-coop status`` and ``clean``: a rendezvous read (and tidied) through the read model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+import icechunk
+
+from icechunk_coop import (
+    SECRET_ENV,
+    ConfigurationError,
+    JobListing,
+    JobStatus,
+    delete_temporary_branches,
+    find_jobs,
+    icechunk_storage,
+    list_jobs,
+    read_job,
+    remove_job,
+    temporary_branches,
+)
+
+__all__ = ["clean", "cmd_clean", "cmd_status", "parse_age", "status"]
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    ago = max(0.0, time.time() - seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if ago >= size:
+            return f"{ago / size:.0f}{unit} ago"
+    return f"{ago:.0f}s ago"
+
+
+def _table(rows: Sequence[Sequence[str]], out: IO[str], indent: str = "") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        out.write(f"{indent}{cells}".rstrip() + "\n")
+        if n == 0:
+            out.write(indent + "  ".join("-" * w for w in widths) + "\n")
+
+
+def _jobs_table(jobs: Mapping[str, JobListing], out: IO[str]) -> None:
+    rows: list[tuple[str, ...]] = [("job", "state", "workers seen", "last activity")]
+    for job_id, listing in sorted(jobs.items()):
+        state, arrived = listing.state, len(listing.workers())
+        # A committed job's results are cleaned up: "0 seen" would mislead.
+        shown = "-" if state == "committed" and not arrived else str(arrived)
+        rows.append((job_id, state, shown, _age(listing.newest)))
+    _table(rows, out)
+
+
+def _what_was_committed(job: JobStatus, out: IO[str]) -> None:
+    marker = job.committed
+    if marker is None:
+        out.write(f"committed: {job.committed_error or '(the marker is unreadable)'}\n")
+        return
+    by = f" by {marker.workers_total} workers" if marker.workers_total else ""
+    out.write(f"committed {_age(marker.at)}{by}\n")
+    if not marker.snapshots:
+        out.write("  (no target was changed)\n")
+        return
+    rows = [("target", "snapshot"), *sorted(marker.snapshots.items())]
+    _table(rows, out, indent="  ")
+
+
+def _total_note(job: JobStatus, secret: bool) -> str | None:
+    total = job.workers_total
+    if job.total_source == "setup":
+        return f"(workers total {total}, from the setup)"
+    if job.total_source == "inferred":
+        how = "pass --workers N" if secret else f"pass --workers N or set {SECRET_ENV}"
+        return f"(workers total inferred as {total}; {how} to be sure)"
+    if job.total_source == "unknown" and job.state != "committed":
+        return "(no worker has reported yet)"
+    return None  # given, or the committed marker's (said above)
+
+
+def _show_job(url: str, listing: JobListing, workers: int | None, out: IO[str]) -> None:
+    secret = os.environ.get(SECRET_ENV) or None
+    job = read_job(url, listing, secret=secret, workers_total=workers)
+    out.write(f"job {job.job_id}: {job.state} (last activity {_age(listing.newest)})\n")
+    if job.state == "committed":
+        _what_was_committed(job, out)
+    else:
+        out.write(f"setup: {'published' if listing.setup_published else 'not yet'}")
+        out.write(f"{' (worker 0 failed)' if listing.setup_failed else ''}\n")
+    if job.workers:
+        table: list[tuple[str, ...]] = [("worker", "state", "detail")]
+        table += [(str(w.index), w.state, w.detail) for w in job.workers]
+        _table(table, out)
+    note = _total_note(job, secret is not None)
+    if note:
+        out.write(note + "\n")
+
+
+def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
+    """Print the jobs under ``url``, or one job's workers, as a table.
+
+    ``job`` is a job id (``name-uid``) or a job's name, which finds the
+    ids ``<name>-...``; when it finds several they are listed instead. The
+    worker total is ``workers`` if given, else the committed marker's, else
+    the setup's (with ``ICECHUNK_COOP_SECRET`` set), else inferred.
+    """
+    jobs = list_jobs(url)
+    if job is None:
+        if not jobs:
+            out.write(f"no jobs at {url}\n")
+        else:
+            _jobs_table(jobs, out)
+        return 0
+    matches = find_jobs(jobs, job)
+    if not matches:
+        out.write(f"job {job!r}: nothing at {url} (never started, or cleaned up)\n")
+        return 1
+    if len(matches) > 1:
+        out.write(f"job {job!r} matches {len(matches)} jobs at {url}; pass one to --job:\n")
+        _jobs_table({m: jobs[m] for m in matches}, out)
+        return 1
+    _show_job(url, jobs[matches[0]], workers, out)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return status(args.url, args.job, args.workers, sys.stdout)
+
+
+def parse_age(text: str) -> float:
+    """``90s``, ``15m``, ``6h``, ``2d`` -> seconds."""
+    match = _AGE.match(text.strip())
+    if not match:
+        raise ConfigurationError(f"--older-than {text!r}: write a number and s, m, h or d (6h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def clean(
+    url: str,
+    *,
+    job: str | None,
+    older_than: float | None,
+    repos: Sequence[str],
+    out: IO[str],
+) -> list[str]:
+    """Remove rendezvous namespaces (and their temporary branches in ``repos``).
+
+    ``job`` (an id, or a name matching one id ``<name>-...`` in the
+    rendezvous or among the repos' temporary branches) removes that job;
+    ``older_than`` every job idle that long, and in ``repos`` the temporary
+    branches of every job not left in the rendezvous. Returns the job ids
+    whose namespace was removed.
+    """
+    if (job is None) == (older_than is None):
+        raise ConfigurationError("give exactly one of --job NAME or --older-than AGE")
+    jobs = list_jobs(url)
+    opened = {r: icechunk.Repository.open(icechunk_storage(r)) for r in repos}
+    branches = {r: set(temporary_branches(repo)) for r, repo in opened.items()}
+    if job is not None:
+        matches = find_jobs(set(jobs).union(*branches.values()), job)
+        if len(matches) > 1:
+            raise ConfigurationError(
+                f"--job {job!r} matches {len(matches)} jobs: {', '.join(matches)}; "
+                "give the id of the one to remove"
+            )
+        chosen = [m for m in matches if m in jobs]
+        if not chosen:
+            out.write(f"job {job!r}: nothing at {url}\n")
+        doomed = {r: set(matches) for r in repos}
+    else:
+        assert older_than is not None
+        cutoff = time.time() - older_than
+        chosen = sorted(j for j, listing in jobs.items() if (listing.newest or 0) < cutoff)
+        live = set(jobs) - set(chosen)
+        doomed = {r: found - live for r, found in branches.items()}
+    for job_id in chosen:
+        out.write(f"removed {remove_job(url, job_id)}\n")
+    for repo_url, repo in opened.items():
+        for branch in delete_temporary_branches(repo, doomed[repo_url]):
+            out.write(f"deleted branch {branch} in {repo_url}\n")
+    return chosen
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    older = parse_age(args.older_than) if args.older_than else None
+    clean(args.url, job=args.job, older_than=older, repos=args.repo, out=sys.stdout)
+    return 0
