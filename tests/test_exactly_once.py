@@ -22,10 +22,12 @@ from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
     Stores,
+    WaitPolicy,
     WorkerIdentity,
     WorkerOutcome,
     job_branch_prefix,
 )
+from icechunk_coop._meeting import StoredMeeting
 from icechunk_coop._records import COMMITTED, PLAN
 from icechunk_coop.testing import Killed, at_crash_point
 from icechunk_coop.testing import job_commits as commits_of
@@ -174,4 +176,34 @@ def test_a_solo_twin_that_looked_too_early_does_not_commit_again(tmp_path: Path)
 
     with at_crash_point("started", a_finishes_after_b_looked):
         assert run(b).status == "already-committed"
+    assert len(job_commits(tmp_path)) == 1
+
+
+def test_a_waiting_twin_of_the_last_worker_stops_once_the_job_commits(tmp_path: Path) -> None:
+    """Two live copies of the last index; worker 1 restarted late.
+
+    Copy A waits for the results; while it sleeps between polls, worker 1
+    arrives and copy B commits and cleans up. A never sees every result, and
+    must not wait for them until its deadline: the job is committed.
+    """
+    total = 4
+    for index in (0, 2):
+        empty(make(tmp_path, index, total=total))
+    twin = make(tmp_path, 3, total=total)
+    slept: list[float] = []
+
+    def meanwhile(seconds: float) -> None:
+        if not slept:
+            empty(make(tmp_path, 1, total=total))
+            assert empty(twin).status == "committed"
+        slept.append(seconds)
+
+    a = make(tmp_path, 3, total=total)
+    rendezvous = attrs.evolve(
+        a.meeting.rendezvous,  # type: ignore[attr-defined]
+        policy=WaitPolicy(timeout=30, sleep=meanwhile),
+    )
+    a = attrs.evolve(a, meeting=StoredMeeting(rendezvous=rendezvous))
+    assert empty(a).status == "already-committed"
+    assert len(slept) == 1  # the very next poll saw the committed marker
     assert len(job_commits(tmp_path)) == 1

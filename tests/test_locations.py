@@ -1,0 +1,51 @@
+"""Buckets that do not exist are refused at start, naming the URL (moto S3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from icechunk_coop import (
+    CooperativeJob,
+    IcechunkTarget,
+    MissingLocationError,
+    WorkerFailedError,
+    WorkerIdentity,
+    icechunk_storage,
+)
+from icechunk_coop.testing import LocalS3
+
+SECRET = "locations-secret-0123456789abcdef"
+
+
+def job(index: int, *, rendezvous: str, repo: str, total: int = 2) -> CooperativeJob:
+    return CooperativeJob.create(
+        identity=WorkerIdentity(
+            worker_index=index, workers_total=total, job_name="loc", job_uid="u"
+        ),
+        rendezvous_url=rendezvous,
+        primary=IcechunkTarget(name="primary", storage=icechunk_storage(repo)),
+        environ={"ICECHUNK_COOP_SECRET": SECRET},
+    )
+
+
+def test_a_rendezvous_in_a_missing_bucket_is_refused_by_every_worker(
+    s3_env: LocalS3, s3_bucket: str
+) -> None:
+    for index in (0, 1):
+        worker = job(index, rendezvous="s3://no-such-bucket/rv", repo=f"s3://{s3_bucket}/repo")
+        with pytest.raises(MissingLocationError, match="s3://no-such-bucket/rv") as info:
+            worker.run(work=lambda stores: None, message="m")
+        assert not info.value.retryable
+        assert "Create the bucket" in str(info.value)
+
+
+def test_a_repository_in_a_missing_bucket_is_refused_and_stops_the_others(
+    s3_env: LocalS3, s3_bucket: str
+) -> None:
+    urls = {"rendezvous": f"s3://{s3_bucket}/rv", "repo": "s3://no-such-repo-bucket/repo"}
+    with pytest.raises(MissingLocationError, match="no-such-repo-bucket") as info:
+        job(0, **urls).run(work=lambda stores: None, message="m")
+    assert "target 'primary'" in str(info.value) and not info.value.retryable
+    # Worker 0 left a marker on the setup: the others stop at once, naming why.
+    with pytest.raises(WorkerFailedError, match="no-such-repo-bucket"):
+        job(1, **urls).run(work=lambda stores: None, message="m")
