@@ -130,7 +130,7 @@ def test_a_published_blob_outranks_an_old_failure_marker(root_url: str) -> None:
 
 
 def _plant(rv: Rendezvous, name: str, data: bytes) -> None:
-    rv._put(name, data)
+    rv.blobs.put(name, data)
 
 
 def test_planted_malicious_pickle_is_refused(root_url: str, tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_planted_malicious_pickle_is_refused(root_url: str, tmp_path: Path) -> N
 def test_tampered_truncated_and_foreign_blobs_are_refused(root_url: str) -> None:
     rv = make(root_url)
     rv.publish("result-0", {"files": ["a"]})
-    good = rv._get("result-0")
+    good = rv.blobs.get("result-0")
     assert good is not None
     _plant(rv, "result-0", good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(PayloadAuthenticationError):

@@ -28,7 +28,8 @@ from icechunk_coop._errors import (
     ForeignResultError,
     WorkersTotalMismatchError,
 )
-from icechunk_coop._records import COMMITTED, PLAN, Committed, Plan, Result, Setup, result_name
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import COMMITTED, PLAN, Plan, Result, Setup, result_name
 from icechunk_coop._setup import stores_of
 from icechunk_coop._targets import Stores
 

@@ -11,17 +11,25 @@ needed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from icechunk_coop._errors import AlreadyCommittedError, WaitTimeoutError, WorkerFailedError
+from icechunk_coop._errors import (
+    AlreadyCommittedError,
+    MissingSecretError,
+    WaitTimeoutError,
+    WorkerFailedError,
+)
+from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop._records import COMMITTED, Record, failure_name
 from icechunk_coop._rendezvous import Rendezvous, WaitInterrupted
+from icechunk_coop._targets import Target, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
 
-__all__ = ["InProcessMeeting", "MeetingPoint", "StoredMeeting"]
+__all__ = ["InProcessMeeting", "MeetingPoint", "StoredMeeting", "meeting_for"]
 
 R = TypeVar("R", bound=Record)
 
@@ -143,7 +151,6 @@ class InProcessMeeting:
     """
 
     job_id: str
-    policy: WaitPolicy = attrs.field(factory=WaitPolicy)
     _blobs: dict[str, Record] = attrs.field(factory=dict)
     _failures: dict[str, str] = attrs.field(factory=dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -214,3 +221,55 @@ class InProcessMeeting:
 
     def clear_failure(self, name: str) -> None:
         self._failures.pop(name, None)
+
+
+def _is_local_url(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _is_local(target: Target) -> bool:
+    """Whether a target lives on this machine's filesystem (no credentials involved)."""
+    if isinstance(target, ZarrTarget):
+        return _is_local_url(target.url)
+    # icechunk.Storage exposes its kind only through its repr; anything else fails closed.
+    return "type: local filesystem" in repr(target.storage)
+
+
+def meeting_for(
+    identity: WorkerIdentity,
+    *,
+    rendezvous_url: str,
+    targets: Sequence[Target],
+    storage_options: Mapping[str, Any] | None,
+    policy: WaitPolicy | None,
+    environ: Mapping[str, str],
+) -> MeetingPoint:
+    """Where this worker's job meets, under the secret policy.
+
+    A one-worker job meets in its own memory: nothing goes through
+    ``rendezvous_url`` and no secret is needed. A job of more workers refuses
+    to run unsealed (``ICECHUNK_COOP_INSECURE``) unless every target and the
+    rendezvous are on this machine: an unsealed session would expose its
+    storage configuration, and anyone who can write could plant a pickle.
+    """
+    if identity.workers_total == 1:
+        return InProcessMeeting(job_id=identity.job_id)
+    sealer = Sealer.from_env(identity.job_id, environ)
+    rendezvous = Rendezvous.for_job(
+        rendezvous_url,
+        job_id=identity.job_id,
+        sealer=sealer,
+        storage_options=storage_options,
+        policy=policy,
+    )
+    if not sealer.authenticated:
+        remote = [t.name for t in targets if not _is_local(t)]
+        if not _is_local_url(rendezvous.url):
+            remote.append(f"rendezvous {rendezvous.url}")
+        if remote:
+            raise MissingSecretError(
+                f"job {identity.job_id!r}: {INSECURE_ENV} is for local development only, "
+                f"and {', '.join(remote)} are not local; set {SECRET_ENV} to the same "
+                "random value in every worker (e.g. from a Kubernetes Secret)"
+            )
+    return StoredMeeting(rendezvous=rendezvous)

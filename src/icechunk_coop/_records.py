@@ -1,6 +1,7 @@
 """The blobs of a job: their names, and their content as typed, versioned records.
 
-Every blob a job writes is one of five records. Each has a format tag; a
+Every blob a job writes is one of five records (the three JSON markers are
+in ``_markers``). Each has a format tag; a
 blob is decoded in exactly one place (``from_wire``), and anything that is
 not a record of the expected kind and version fails closed with the blob's
 location in the error, the way filelock reads its markers. The wire form is
@@ -36,18 +37,17 @@ __all__ = [
     "FAILED_SUFFIX",
     "PLAN",
     "SETUP",
-    "Committed",
-    "Failure",
     "IcechunkSetup",
     "Plan",
     "Record",
     "Result",
     "Setup",
     "TargetSetup",
-    "ZarrCommitted",
     "ZarrSetup",
+    "check_format",
     "committed_name",
     "failure_name",
+    "field",
     "index_of_result",
     "result_name",
 ]
@@ -87,14 +87,14 @@ def _refuse(location: str, reason: str) -> PayloadFormatError:
     return PayloadFormatError(location=location, reason=reason)
 
 
-def _field(wire: Mapping[str, Any], key: str, kind: type | tuple[type, ...], location: str) -> Any:
+def field(wire: Mapping[str, Any], key: str, kind: type | tuple[type, ...], location: str) -> Any:
     value = wire.get(key)
     if not isinstance(value, kind):
         raise _refuse(location, f"field {key!r} is {type(value).__name__}, not a valid value")
     return value
 
 
-def _check_format(wire: object, expected: str, location: str) -> Mapping[str, Any]:
+def check_format(wire: object, expected: str, location: str) -> Mapping[str, Any]:
     if not isinstance(wire, Mapping):
         raise _refuse(location, f"it holds {type(wire).__name__}, not a {expected} record")
     tag = wire.get("format")
@@ -164,12 +164,12 @@ def _target_from_wire(wire: object, location: str) -> TargetSetup:
         import icechunk  # the records module itself must not need it to name blobs
 
         return IcechunkSetup(
-            base=_field(wire, "base", str, location),
-            prepared=_field(wire, "prepared", icechunk.ForkSession, location),
-            fork=_field(wire, "fork", icechunk.ForkSession, location),
+            base=field(wire, "base", str, location),
+            prepared=field(wire, "prepared", icechunk.ForkSession, location),
+            fork=field(wire, "fork", icechunk.ForkSession, location),
         )
     if wire.get("kind") == "zarr":
-        metadata = _field(wire, "metadata", dict, location)
+        metadata = field(wire, "metadata", dict, location)
         if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in metadata.items()):
             raise _refuse(location, "staged zarr metadata must map keys to bytes")
         return ZarrSetup(metadata=metadata)
@@ -206,13 +206,13 @@ class Setup(Record):
 
     @classmethod
     def from_wire(cls, wire: object, location: str) -> Self:
-        w = _check_format(wire, cls.FORMAT, location)
-        targets = _field(w, "targets", dict, location)
+        w = check_format(wire, cls.FORMAT, location)
+        targets = field(w, "targets", dict, location)
         return cls(
-            token=_field(w, "token", str, location),
-            job=_field(w, "job", str, location),
-            workers_total=_field(w, "workers_total", int, location),
-            job_start=_field(w, "job_start", (str, type(None)), location),
+            token=field(w, "token", str, location),
+            job=field(w, "job", str, location),
+            workers_total=field(w, "workers_total", int, location),
+            job_start=field(w, "job_start", (str, type(None)), location),
             targets={str(k): _target_from_wire(v, location) for k, v in targets.items()},
         )
 
@@ -244,14 +244,14 @@ class Result(Record):
     def from_wire(cls, wire: object, location: str) -> Self:
         import icechunk
 
-        w = _check_format(wire, cls.FORMAT, location)
-        forks = _field(w, "forks", dict, location)
+        w = check_format(wire, cls.FORMAT, location)
+        forks = field(w, "forks", dict, location)
         if not all(isinstance(f, icechunk.ForkSession) for f in forks.values()):
             raise _refuse(location, "a result's forks must be Icechunk fork sessions")
         return cls(
-            token=_field(w, "token", str, location),
-            index=_field(w, "index", int, location),
-            workers_total=_field(w, "workers_total", int, location),
+            token=field(w, "token", str, location),
+            index=field(w, "index", int, location),
+            workers_total=field(w, "workers_total", int, location),
             forks=forks,
             value=w.get("value"),
         )
@@ -276,91 +276,9 @@ class Plan(Record):
 
     @classmethod
     def from_wire(cls, wire: object, location: str) -> Self:
-        w = _check_format(wire, cls.FORMAT, location)
-        results = _field(w, "results", list, location)
+        w = check_format(wire, cls.FORMAT, location)
+        results = field(w, "results", list, location)
         return cls(
-            token=_field(w, "token", str, location),
+            token=field(w, "token", str, location),
             results=tuple(Result.from_wire(r, location) for r in results),
-        )
-
-
-@attrs.frozen(kw_only=True)
-class Committed(Record):
-    """The job is done: what each target got. Kept after cleanup for late pods."""
-
-    FORMAT: ClassVar[str] = "icechunk-coop/committed/1"
-    CONTENT: ClassVar[Content] = "json"
-
-    snapshots: Mapping[str, str]
-    at: float
-    workers_total: int | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "snapshots": dict(self.snapshots),
-            "at": self.at,
-            "workers_total": self.workers_total,
-        }
-
-    @classmethod
-    def from_wire(cls, wire: object, location: str) -> Self:
-        w = _check_format(wire, cls.FORMAT, location)
-        snapshots = _field(w, "snapshots", dict, location)
-        return cls(
-            snapshots={str(k): str(v) for k, v in snapshots.items()},
-            at=float(_field(w, "at", (int, float), location)),
-            workers_total=_field(w, "workers_total", (int, type(None)), location),
-        )
-
-
-@attrs.frozen(kw_only=True)
-class ZarrCommitted(Record):
-    """A plain zarr target got its final ``zarr.json`` documents (these keys)."""
-
-    FORMAT: ClassVar[str] = "icechunk-coop/zarr-committed/1"
-    CONTENT: ClassVar[Content] = "json"
-
-    target: str
-    keys: tuple[str, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "target": self.target, "keys": list(self.keys)}
-
-    @classmethod
-    def from_wire(cls, wire: object, location: str) -> Self:
-        w = _check_format(wire, cls.FORMAT, location)
-        keys = _field(w, "keys", list, location)
-        return cls(target=_field(w, "target", str, location), keys=tuple(map(str, keys)))
-
-
-@attrs.frozen(kw_only=True)
-class Failure(Record):
-    """Whoever owed the blob ``name`` failed: waiters stop at once instead of timing out."""
-
-    FORMAT: ClassVar[str] = "icechunk-coop/failure/1"
-    CONTENT: ClassVar[Content] = "json"
-
-    name: str
-    summary: str
-    at: float
-    worker: int | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "name": self.name,
-            "summary": self.summary,
-            "at": self.at,
-            "worker": self.worker,
-        }
-
-    @classmethod
-    def from_wire(cls, wire: object, location: str) -> Self:
-        w = _check_format(wire, cls.FORMAT, location)
-        return cls(
-            name=_field(w, "name", str, location),
-            summary=_field(w, "summary", str, location),
-            at=float(_field(w, "at", (int, float), location)),
-            worker=_field(w, "worker", (int, type(None)), location),
         )

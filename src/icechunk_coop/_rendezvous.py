@@ -26,8 +26,9 @@ from icechunk_coop._errors import (
     WorkerFailedError,
 )
 from icechunk_coop._locations import check_name, normalise_url
+from icechunk_coop._markers import Failure
 from icechunk_coop._payload import Content, Sealer
-from icechunk_coop._records import Failure, failure_name, index_of_result
+from icechunk_coop._records import failure_name, index_of_result
 from icechunk_coop._waiting import WaitPolicy, poll_until
 
 __all__ = ["Rendezvous", "RequestCounter", "WaitInterrupted"]
@@ -92,6 +93,11 @@ class Rendezvous:
             storage_options=dict(storage_options or {}),
             policy=policy or WaitPolicy(),
         )
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The raw bytes underneath, unsealed: for tools and tests that plant or inspect frames."""
+        return self._blobs
 
     @property
     def job_id(self) -> str:
@@ -180,8 +186,7 @@ class Rendezvous:
             wire = self.read(failure_name(name))
             if wire is not None:
                 marker = Failure.from_wire(wire, self.location(failure_name(name)))
-                who = "" if marker.worker is None else f"worker {marker.worker}: "
-                found[name] = f"{who}{marker.summary}"
+                found[name] = marker.summary
         return found
 
     def _interrupt(self, unless: str | None, present: Iterable[str] | None = None) -> None:

@@ -19,7 +19,8 @@ from icechunk_coop._errors import (
     ForeignPayloadError,
     WorkersTotalMismatchError,
 )
-from icechunk_coop._records import COMMITTED, SETUP, Committed, Setup, result_name
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import COMMITTED, SETUP, Setup, result_name
 from icechunk_coop._targets import Stores
 
 __all__ = ["Prepare", "load_setup", "publish_setup", "setup", "stores_of"]

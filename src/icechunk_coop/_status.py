@@ -16,13 +16,12 @@ import attrs
 
 from icechunk_coop._errors import PayloadAuthenticationError, PayloadError
 from icechunk_coop._locations import TMP_MARK, check_name, filesystem, normalise_url
+from icechunk_coop._markers import Committed, Failure
 from icechunk_coop._payload import SECRET_ENV, Sealer
 from icechunk_coop._records import (
     COMMITTED,
     FAILED_SUFFIX,
     SETUP,
-    Committed,
-    Failure,
     Setup,
     failure_name,
     index_of_result,

@@ -15,7 +15,8 @@ import attrs
 
 from icechunk_coop._errors import AlreadyCommittedError, ForeignPayloadError
 from icechunk_coop._ledger import Provenance
-from icechunk_coop._records import TargetSetup, ZarrCommitted, ZarrSetup, committed_name
+from icechunk_coop._markers import ZarrCommitted
+from icechunk_coop._records import TargetSetup, ZarrSetup, committed_name
 from icechunk_coop._targets import ZarrTarget
 from icechunk_coop._zarr_staging import StagedMetadataStore, open_zarr_store, publish_staged
 

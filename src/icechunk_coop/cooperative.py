@@ -35,16 +35,15 @@ import attrs
 from icechunk_coop import _crash, _finalize, _setup, _work
 from icechunk_coop._context import JobContext, StepClock, failure_markers
 from icechunk_coop._drivers import driver_for
-from icechunk_coop._errors import AlreadyCommittedError, ConfigurationError, MissingSecretError
+from icechunk_coop._errors import AlreadyCommittedError, ConfigurationError
 from icechunk_coop._finalize import Finalize, Merged
 from icechunk_coop._identity import WorkerIdentity
 from icechunk_coop._ledger import DEFAULT_SCAN
-from icechunk_coop._meeting import InProcessMeeting, MeetingPoint, StoredMeeting
-from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
-from icechunk_coop._records import COMMITTED, SETUP, Committed, Setup, result_name
-from icechunk_coop._rendezvous import Rendezvous
+from icechunk_coop._markers import Committed
+from icechunk_coop._meeting import MeetingPoint, meeting_for
+from icechunk_coop._records import COMMITTED, SETUP, Setup, result_name
 from icechunk_coop._setup import Prepare
-from icechunk_coop._targets import Stores, Target, ZarrTarget
+from icechunk_coop._targets import Stores, Target
 from icechunk_coop._waiting import WaitPolicy
 from icechunk_coop._work import Forks
 
@@ -75,18 +74,6 @@ def is_first_worker(identity: WorkerIdentity) -> bool:
 def is_last_worker(identity: WorkerIdentity) -> bool:
     """The highest index merges and commits: with parallelism < completions it starts last."""
     return identity.is_last
-
-
-def _is_local_url(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def _is_local(target: Target) -> bool:
-    """Whether a target lives on this machine's filesystem (no credentials involved)."""
-    if isinstance(target, ZarrTarget):
-        return _is_local_url(target.url)
-    # icechunk.Storage exposes its kind only through its repr; anything else fails closed.
-    return "type: local filesystem" in repr(target.storage)
 
 
 @attrs.frozen(kw_only=True)
@@ -168,29 +155,14 @@ class CooperativeJob:
         """
         env = os.environ if environ is None else environ
         identity = identity or WorkerIdentity.from_env(env)
-        meeting: MeetingPoint
-        if identity.workers_total == 1:
-            meeting = InProcessMeeting(job_id=identity.job_id)
-        else:
-            sealer = Sealer.from_env(identity.job_id, env)
-            rendezvous = Rendezvous.for_job(
-                rendezvous_url,
-                job_id=identity.job_id,
-                sealer=sealer,
-                storage_options=storage_options,
-                policy=policy,
-            )
-            if not sealer.authenticated:
-                remote = [t.name for t in (*replicas, primary) if not _is_local(t)]
-                if not _is_local_url(rendezvous.url):
-                    remote.append(f"rendezvous {rendezvous.url}")
-                if remote:
-                    raise MissingSecretError(
-                        f"job {identity.job_id!r}: {INSECURE_ENV} is for local development "
-                        f"only, and {', '.join(remote)} are not local; set {SECRET_ENV} to "
-                        "the same random value in every worker (e.g. from a Kubernetes Secret)"
-                    )
-            meeting = StoredMeeting(rendezvous=rendezvous)
+        meeting = meeting_for(
+            identity,
+            rendezvous_url=rendezvous_url,
+            targets=(*replicas, primary),
+            storage_options=storage_options,
+            policy=policy,
+            environ=env,
+        )
         return cls(
             identity=identity,
             meeting=meeting,

@@ -1,0 +1,99 @@
+"""The small JSON records of a job: done, done on a zarr target, and failed.
+
+They are JSON, not pickles, so that a reader without the job's secret (the
+``status`` command) can at least see that they exist, and never unpickles
+anything to find out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+import attrs
+
+from icechunk_coop._records import Content, Record, check_format, field
+
+__all__ = ["Committed", "Failure", "ZarrCommitted"]
+
+
+@attrs.frozen(kw_only=True)
+class Committed(Record):
+    """The job is done: what each target got. Kept after cleanup for late pods."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/committed/1"
+    CONTENT: ClassVar[Content] = "json"
+
+    snapshots: Mapping[str, str]
+    at: float
+    workers_total: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "snapshots": dict(self.snapshots),
+            "at": self.at,
+            "workers_total": self.workers_total,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = check_format(wire, cls.FORMAT, location)
+        snapshots = field(w, "snapshots", dict, location)
+        return cls(
+            snapshots={str(k): str(v) for k, v in snapshots.items()},
+            at=float(field(w, "at", (int, float), location)),
+            workers_total=field(w, "workers_total", (int, type(None)), location),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ZarrCommitted(Record):
+    """A plain zarr target got its final ``zarr.json`` documents (these keys)."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/zarr-committed/1"
+    CONTENT: ClassVar[Content] = "json"
+
+    target: str
+    keys: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "target": self.target, "keys": list(self.keys)}
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = check_format(wire, cls.FORMAT, location)
+        keys = field(w, "keys", list, location)
+        return cls(target=field(w, "target", str, location), keys=tuple(map(str, keys)))
+
+
+@attrs.frozen(kw_only=True)
+class Failure(Record):
+    """Whoever owed the blob ``name`` failed: waiters stop at once instead of timing out."""
+
+    FORMAT: ClassVar[str] = "icechunk-coop/failure/1"
+    CONTENT: ClassVar[Content] = "json"
+
+    name: str
+    summary: str
+    at: float
+    worker: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "name": self.name,
+            "summary": self.summary,
+            "at": self.at,
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object, location: str) -> Self:
+        w = check_format(wire, cls.FORMAT, location)
+        return cls(
+            name=field(w, "name", str, location),
+            summary=field(w, "summary", str, location),
+            at=float(field(w, "at", (int, float), location)),
+            worker=field(w, "worker", (int, type(None)), location),
+        )
