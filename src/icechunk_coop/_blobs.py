@@ -89,17 +89,21 @@ class BlobStore:
             return None
         return data
 
+    def _complete_temp(self, path: str, data: bytes) -> str:
+        """A local file beside ``path`` holding all of ``data``, synced: nobody reads it."""
+        os.makedirs(self._root, exist_ok=True)
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
     def put(self, name: str, data: bytes) -> None:
         path = self._path(name)
         self.requests.add("put")
         if isinstance(self._fs, LocalFileSystem):
-            os.makedirs(self._root, exist_ok=True)
-            tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(self._complete_temp(path, data), path)
         else:
             self._fs.pipe_file(path, data)
 
@@ -109,12 +113,7 @@ class BlobStore:
         self.requests.add("put")
         try:
             if isinstance(self._fs, LocalFileSystem):
-                os.makedirs(self._root, exist_ok=True)
-                tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                tmp = self._complete_temp(path, data)
                 try:
                     os.link(tmp, path)
                 finally:
