@@ -17,14 +17,16 @@ from icechunk_coop import (
     PayloadAuthenticationError,
     Stores,
     WorkerIdentity,
+    WorkerOutcome,
     WorkersTotalMismatchError,
+    ZarrTarget,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
     publish_result,
 )
 from icechunk_coop._records import FAILED_SUFFIX, Result, result_name
-from icechunk_coop.testing import job_commits
+from icechunk_coop.testing import job_commits, run_in_process
 
 SECRET = "unit-secret-0123456789abcdef0123"
 
@@ -39,6 +41,10 @@ def make_job(tmp_path: Path, index: int, total: int = 2) -> CooperativeJob:
         ),
         environ={"ICECHUNK_COOP_SECRET": SECRET},
     )
+
+
+def store_only(store: zarr.abc.store.Store) -> Stores:
+    return Stores(primary=store)
 
 
 def prepare(stores: Stores) -> None:
@@ -213,3 +219,43 @@ def test_a_worker_that_cannot_open_the_setup_leaves_a_marker(tmp_path: Path) -> 
     assert result_name(1) + FAILED_SUFFIX in stranger.meeting.arrived()
     with pytest.raises(PayloadAuthenticationError, match=r"result-1\.failed"):
         make_job(tmp_path, 2, total=3).run(work=lambda stores: None, message="m")
+
+
+def test_a_plain_zarr_primary_commits_once_with_an_icechunk_replica(tmp_path: Path) -> None:
+    """The protocol never asks what the primary is: a zarr v3 store works too."""
+    replica = IcechunkTarget(
+        name="replica", storage=icechunk.local_filesystem_storage(str(tmp_path / "replica"))
+    )
+    primary = ZarrTarget(name="primary", url=str(tmp_path / "plain.zarr"))
+
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=primary,
+            replicas=[replica],
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+        )
+
+    def prepare_all(stores: Stores) -> None:
+        for store in stores.all:
+            prepare(store_only(store))
+
+    def run(job: CooperativeJob) -> WorkerOutcome:
+        def work(stores: Stores) -> int:
+            for store in stores.all:
+                zarr.open_array(store, path="a", mode="r+")[job.identity.worker_index] = 7
+            return job.identity.worker_index
+
+        return job.run(work=work, prepare=prepare_all, message="plain")
+
+    outcomes = run_in_process(make, 2, run, job_name="plain", job_uid="u")
+    assert [o.status for o in outcomes] == ["published", "committed"]
+    assert outcomes[1].snapshots["primary"] == "zarr"
+    assert list(zarr.open_array(str(tmp_path / "plain.zarr"), path="a", mode="r")[:]) == [
+        7, 7, 0, 0,
+    ]  # fmt: skip
+    again = run_in_process(make, 2, run, indexes=[1], job_name="plain", job_uid="u")
+    assert again[0].status == "already-committed"
+    repo = icechunk.Repository.open(replica.storage)
+    assert len(job_commits(repo, "plain-u")) == 1
