@@ -243,10 +243,12 @@ def _create(root: zarr.Group) -> None:
 
 
 def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a time zone, e.g. 2025-01-03T00:00Z")
-    return value.astimezone(UTC)
+    """ISO 8601; without an offset it means UTC, as in numpy, xarray and CF."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 2025-01-03T00:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,6 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--source-latency", type=float, default=0.0, metavar="SECONDS")
         if mode == "backfill":
             p.add_argument("--end", required=True, type=_parse_time, help="exclusive end")
+        else:
+            p.add_argument(
+                "--clock",
+                type=_parse_time,
+                metavar="TIME",
+                help="what worker 0 takes for 'now' when the job has no start "
+                "(no JOB_START, not from a CronJob); default: its clock",
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("icechunk_coop", "synthetic_forecast"):
@@ -278,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 end=args.end, rendezvous_url=args.rendezvous, identity=identity
             )
         else:
-            outcome = dataset.update(rendezvous_url=args.rendezvous, identity=identity)
+            clock = args.clock
+            outcome = dataset.update(
+                rendezvous_url=args.rendezvous,
+                identity=identity,
+                job_start=(lambda: clock) if clock else None,
+            )
     except CoopError as exc:
         if exc.retryable:
             raise  # exit 1: the pod's retry may well succeed
@@ -287,8 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = outcome.result or []
     print(
         f"worker {identity.worker_index}/{identity.workers_total}: {outcome.status}; "
-        f"job_start {identity.job_start.isoformat() if identity.job_start else None}; "
-        f"{len(jobs)} region jobs; "
+        f"job_start {outcome.job_start.isoformat() if outcome.job_start else 'unknown'}; "
+        f"{len(jobs)} region job{'' if len(jobs) == 1 else 's'}; "
         + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.seconds.items())
         + (f"; committed {dict(outcome.snapshots)}" if outcome.snapshots else ""),
         flush=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import icechunk
@@ -9,6 +10,7 @@ import pytest
 import zarr
 
 from icechunk_coop import (
+    METADATA_KEY,
     ConfigurationError,
     CooperativeJob,
     ForeignResultError,
@@ -84,10 +86,25 @@ def test_a_result_claiming_another_total_is_refused(tmp_path: Path) -> None:
         get_merged_sessions(last, get_forked_session(last))
 
 
-def test_results_must_be_json(tmp_path: Path) -> None:
-    job = make_job(tmp_path, 0, total=1)
-    with pytest.raises(ConfigurationError, match="not JSON-serialisable"):
-        job.run(work=lambda stores: {1, 2}, prepare=prepare, message="m")
+def test_results_of_any_picklable_type_reach_finalize_in_index_order(tmp_path: Path) -> None:
+    seen: list[object] = []
+
+    def work(job: CooperativeJob) -> object:
+        i = job.identity.worker_index
+        return {"worker": i, "when": datetime(2025, 1, 1 + i), "files": {f"f{i}.grib"}}
+
+    def run(job: CooperativeJob) -> WorkerOutcome:
+        return job.run(
+            work=lambda stores: work(job),
+            prepare=prepare,
+            finalize=lambda stores, results: seen.extend(results),
+            message="m",
+        )
+
+    run_in_process(lambda ident: make_job(tmp_path, ident.worker_index, 3), 3, run,
+                   job_name="unit", job_uid="u")  # fmt: skip
+    assert [r["worker"] for r in seen] == [0, 1, 2]  # type: ignore[index]
+    assert seen[2] == {"worker": 2, "when": datetime(2025, 1, 3), "files": {"f2.grib"}}
 
 
 def test_the_steps_one_by_one_commit_once(tmp_path: Path) -> None:
@@ -259,3 +276,60 @@ def test_a_plain_zarr_primary_commits_once_with_an_icechunk_replica(tmp_path: Pa
     assert again[0].status == "already-committed"
     repo = icechunk.Repository.open(replica.storage)
     assert len(job_commits(repo, "plain-u")) == 1
+
+
+def test_worker_0_decides_the_start_and_every_worker_takes_it_from_the_setup(
+    tmp_path: Path,
+) -> None:
+    decided = datetime(2025, 3, 1, 6, 0)  # naive: UTC, as numpy and pandas write it
+    asked: list[int] = []
+    seen: dict[int, datetime | None] = {}
+
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        def decide() -> datetime:
+            asked.append(identity.worker_index)
+            return decided
+
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=IcechunkTarget(
+                name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+            ),
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+            job_start=decide,
+        )
+
+    def run(job: CooperativeJob) -> WorkerOutcome:
+        def work(stores: Stores) -> None:
+            seen[job.identity.worker_index] = job.job_start
+
+        return job.run(work=work, prepare=prepare, message="m")
+
+    outcomes = run_in_process(make, 3, run, job_name="start", job_uid="u")
+    expected = decided.replace(tzinfo=UTC)
+    assert asked == [0]  # nobody else reads a clock
+    assert seen == {0: expected, 1: expected, 2: expected}
+    assert outcomes[2].job_start == expected
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    meta = next(repo.ancestry(branch="main")).metadata[METADATA_KEY]
+    assert meta["job_start"] == expected.isoformat()
+
+
+def test_a_worker_whose_start_disagrees_with_the_setup_is_refused(tmp_path: Path) -> None:
+    make_job(tmp_path, 0, 3).run(work=lambda stores: None, prepare=prepare, message="m")
+    other = WorkerIdentity(
+        worker_index=1,
+        workers_total=3,
+        job_name="unit",
+        job_uid="u",
+        job_start=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    job = CooperativeJob.create(
+        identity=other,
+        rendezvous_url=str(tmp_path / "rv"),
+        primary=make_job(tmp_path, 1, 3).primary,
+        environ={"ICECHUNK_COOP_SECRET": SECRET},
+    )
+    with pytest.raises(ConfigurationError, match="the setup pinned"):
+        job.run(work=lambda stores: None, message="m")

@@ -163,8 +163,25 @@ def test_update_never_shrinks_what_readers_see(tmp_path: Path, base_env: dict[st
     assert not Path(rv).exists()
 
 
-def test_update_needs_a_job_start(tmp_path: Path, base_env: dict[str, str]) -> None:
+def test_an_update_refuses_a_missing_repository(tmp_path: Path, base_env: dict[str, str]) -> None:
     env = {**base_env, "JOB_NAME": f"u{uuid.uuid4().hex[:6]}"}
     proc = solo(env, "update", "--repo", str(tmp_path / "r"), "--rendezvous", "x")
     assert proc.returncode == 2, proc.stderr  # not retryable
-    assert "JOB_START" in proc.stderr
+    assert "run a backfill first" in proc.stderr
+    assert not (tmp_path / "r").exists()  # nothing was created
+
+
+@pytest.mark.slow
+def test_an_update_with_no_start_takes_worker_0s_for_every_worker(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    where = ["--repo", repo, "--rendezvous", rv]
+    done = solo({**base_env, "JOB_NAME": "bf"}, "backfill", "--end", "2025-01-03T00:00Z", *where)
+    assert done.returncode == 0, done.stderr
+    # No JOB_START and no CronJob: worker 0 decides (here from --clock) and pins it.
+    out = run_local(base_env, 3, "by-hand", "update", *where, "--clock", "2025-01-03T05:00")
+    start = datetime(2025, 1, 3, 5, 0, tzinfo=UTC)
+    assert re.findall(r"job_start (\S+);", out) == [start.isoformat()] * 3, out
+    assert commits(repo, base_env)[0]["job_start"] == start.isoformat()
+    assert open_ds(repo, base_env).sizes["init_time"] == 9

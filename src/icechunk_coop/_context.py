@@ -13,7 +13,8 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import attrs
 
@@ -23,7 +24,7 @@ from icechunk_coop._ledger import Provenance
 from icechunk_coop._meeting import MeetingPoint
 from icechunk_coop._records import SETUP, result_name
 
-__all__ = ["JobContext", "StepClock", "failure_markers", "summary"]
+__all__ = ["JobContext", "PinnedStart", "StepClock", "failure_markers", "summary"]
 
 log = logging.getLogger("icechunk_coop.cooperative")
 
@@ -34,15 +35,32 @@ def summary(exc: BaseException) -> str:
     return " ".join(" ".join(line.split()) for line in lines if line.strip())[:1500]
 
 
+@attrs.define
+class PinnedStart:
+    """The job's start once the setup fixed it (the environment's, or worker 0's decision)."""
+
+    value: datetime | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 @attrs.frozen(kw_only=True)
 class JobContext:
-    """One worker's fixed facts about its job."""
+    """One worker's fixed facts about its job.
+
+    ``decide_start`` is asked, on worker 0 only and only when the environment
+    gives no start, for the start every worker of the job then uses.
+    """
 
     identity: WorkerIdentity
     meeting: MeetingPoint
     drivers: tuple[TargetDriver, ...]
     cleanup: bool
     commit_attempts: int
+    decide_start: Callable[[], datetime] = _now
+    pinned: PinnedStart = attrs.field(factory=PinnedStart, eq=False)
 
     @property
     def job_id(self) -> str:

@@ -33,11 +33,22 @@ from icechunk_coop._records import COMMITTED, PLAN, Plan, Result, Setup, result_
 from icechunk_coop._setup import stores_of
 from icechunk_coop._targets import Stores
 
-__all__ = ["Finalize", "Merged", "after_commit", "collect_results", "commit", "merge", "pin_plan"]
+__all__ = [
+    "Finalize",
+    "Merged",
+    "Message",
+    "after_commit",
+    "collect_results",
+    "commit",
+    "merge",
+    "pin_plan",
+]
 
 log = logging.getLogger("icechunk_coop.cooperative")
 
 Finalize = Callable[[Stores, list[Any]], None]
+#: A commit message, or what makes one once the setup is known (the job's start, say).
+Message = str | Callable[[], str]
 
 
 @attrs.frozen(kw_only=True)
@@ -136,7 +147,7 @@ def merge(ctx: JobContext, setup: Setup, plan: Sequence[Result]) -> Merged:
 
 
 def commit_once(
-    ctx: JobContext, merged: Merged, message: str, done: dict[str, str]
+    ctx: JobContext, merged: Merged, message: Message, done: dict[str, str]
 ) -> dict[str, str]:
     """One attempt: check every target, then commit those that lack the job, in order.
 
@@ -151,7 +162,8 @@ def commit_once(
     for name in pending:
         merged.merges[name].rebase(committed=sorted(done))
     provenance = ctx.provenance(merged.setup.token, merged.setup.job_start)
-    text = f"{message} [job {ctx.job_id}, {ctx.identity.workers_total} workers]"
+    words = message() if callable(message) else message
+    text = f"{words} [job {ctx.job_id}, {ctx.identity.workers_total} workers]"
     _crash.reach("before-commits")
     for n, name in enumerate(pending):
         if n:
@@ -171,7 +183,7 @@ def commit(
     setup: Setup,
     plan: Sequence[Result],
     *,
-    message: str,
+    message: Message,
     finalize: Finalize | None,
     merged: Merged | None = None,
 ) -> dict[str, str]:

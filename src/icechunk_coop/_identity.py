@@ -23,7 +23,7 @@ The variable names are re-exported here, where callers import them from.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -39,7 +39,7 @@ from icechunk_coop._identity_env import ORCHESTRATORS as ORCHESTRATORS
 from icechunk_coop._identity_env import WORKER_INDEX as WORKER_INDEX
 from icechunk_coop._identity_env import WORKERS_TOTAL as WORKERS_TOTAL
 from icechunk_coop._identity_segments import MAX_JOB_ID, check_segment
-from icechunk_coop._identity_start import is_aware
+from icechunk_coop._identity_start import as_utc, is_aware
 from icechunk_coop._orchestrators import read_identity
 
 __all__ = ["ORCHESTRATORS", "WorkerIdentity"]
@@ -80,9 +80,9 @@ def _validate_uid(
 
 
 def _to_utc(value: datetime | None) -> datetime | None:
-    """Normalise an aware datetime to UTC; anything else is left for the validator."""
-    if isinstance(value, datetime) and is_aware(value):
-        return value.astimezone(UTC)
+    """Normalise a datetime to UTC (naive means UTC); anything else is left for the validator."""
+    if isinstance(value, datetime):
+        return as_utc(value)
     return value
 
 
@@ -92,10 +92,7 @@ def _validate_start(
     if value is None:
         return
     if not isinstance(value, datetime) or not is_aware(value):
-        raise IdentityError(
-            f"{attribute.name}={value!r} is invalid: expected a timezone-aware datetime "
-            "(a naive one would mean something different on every machine)"
-        )
+        raise IdentityError(f"{attribute.name}={value!r} is invalid: expected a datetime")
 
 
 def _validate_orchestrator(_instance: Any, attribute: attrs.Attribute[str], value: str) -> None:

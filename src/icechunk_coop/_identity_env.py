@@ -17,6 +17,7 @@ from icechunk_coop._errors import IdentityError
 
 __all__ = [
     "CRONJOB_NAME",
+    "CRON_JOB_NAME",
     "DIGITS",
     "INDEX_VARIABLES",
     "JOB_NAME",
@@ -39,6 +40,7 @@ JOB_NAME: Final = "JOB_NAME"
 JOB_UID: Final = "JOB_UID"
 JOB_START: Final = "JOB_START"
 CRONJOB_NAME: Final = "CRONJOB_NAME"
+CRON_JOB_NAME: Final = "CRON_JOB_NAME"  # the spelling reformatters' CronJobs use
 
 DIGITS: Final = re.compile(r"[0-9]+")
 INDEX_VARIABLES: Final = (

@@ -16,9 +16,11 @@ from icechunk_coop import _crash
 from icechunk_coop._context import JobContext
 from icechunk_coop._errors import (
     AlreadyCommittedError,
+    ConfigurationError,
     ForeignPayloadError,
     WorkersTotalMismatchError,
 )
+from icechunk_coop._identity_start import as_utc
 from icechunk_coop._markers import Committed
 from icechunk_coop._records import COMMITTED, SETUP, Setup, result_name
 from icechunk_coop._targets import Stores
@@ -36,9 +38,14 @@ def stores_of(ctx: JobContext, by_name: dict[str, object]) -> Stores:
     return Stores(primary=primary, replicas=tuple(replicas))  # type: ignore[arg-type]
 
 
-def _job_start(ctx: JobContext) -> str | None:
-    start: datetime | None = ctx.identity.job_start
-    return start.isoformat() if start else None
+def _decide_start(ctx: JobContext) -> datetime:
+    """Worker 0's start for the job: the environment's, else ``decide_start()`` (in UTC)."""
+    start = ctx.identity.job_start
+    if start is None:
+        start = as_utc(ctx.decide_start())
+        log.info("%s: no job start in the environment; the job starts at %s", ctx.where,
+                 start.isoformat())  # fmt: skip
+    return start
 
 
 def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
@@ -48,6 +55,7 @@ def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
         log.info("%s: reusing the setup already published", ctx.where)
         return existing
     staging = {d.name: d.stage(primary=d is ctx.primary) for d in ctx.drivers}
+    ctx.pinned.value = start = _decide_start(ctx)
     _crash.reach("before-prepare")
     if prepare is not None:
         log.info("%s: preparing (structural changes)", ctx.where)
@@ -57,7 +65,7 @@ def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
         token=uuid.uuid4().hex,
         job=ctx.job_id,
         workers_total=ctx.identity.workers_total,
-        job_start=_job_start(ctx),
+        job_start=start.isoformat(),
         targets={name: s.seal() for name, s in staging.items()},
     )
     won, record = ctx.meeting.publish_once(SETUP, record)
@@ -88,6 +96,15 @@ def _check(ctx: JobContext, record: Setup) -> Setup:
             expected=record.workers_total,
             got=ctx.identity.workers_total,
         )
+    pinned = datetime.fromisoformat(record.job_start) if record.job_start else None
+    own = ctx.identity.job_start
+    if own is not None and pinned is not None and own != pinned:
+        raise ConfigurationError(
+            f"job {ctx.job_id!r}: worker {ctx.identity.worker_index} has job start "
+            f"{own.isoformat()} but the setup pinned {pinned.isoformat()}. Every pod must get "
+            "the same JOB_START (or the same CronJob name); fix the pod spec and re-create the job."
+        )
+    ctx.pinned.value = pinned or own
     missing = {d.name for d in ctx.drivers} - set(record.targets)
     if missing:
         raise ForeignPayloadError(

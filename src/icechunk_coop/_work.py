@@ -6,7 +6,6 @@ idempotent), so the merge sees exactly one result per index.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +15,6 @@ import attrs
 from icechunk_coop import _crash
 from icechunk_coop._context import JobContext
 from icechunk_coop._drivers import Fork
-from icechunk_coop._errors import ConfigurationError
 from icechunk_coop._records import Result, Setup, result_name
 from icechunk_coop._setup import stores_of
 from icechunk_coop._targets import Stores
@@ -42,17 +40,6 @@ def open_forks(ctx: JobContext, setup: Setup) -> Forks:
     return Forks(setup=setup, forks=forks, stores=stores)
 
 
-def _jsonable(value: Any, index: int) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(
-            f"worker {index}'s result is not JSON-serialisable ({exc}); return plain "
-            "dicts, lists, strings and numbers"
-        ) from exc
-    return value
-
-
 def result_of(ctx: JobContext, forks: Forks, value: Any) -> Result:
     """The result record of this worker: its forks and the value its work returned."""
     index = ctx.identity.worker_index
@@ -62,7 +49,7 @@ def result_of(ctx: JobContext, forks: Forks, value: Any) -> Result:
         index=index,
         workers_total=ctx.identity.workers_total,
         forks=sessions,
-        value=_jsonable(value, index),
+        value=value,
     )
 
 

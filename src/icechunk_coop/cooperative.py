@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 import attrs
@@ -36,7 +37,7 @@ from icechunk_coop import _crash, _finalize, _setup, _work
 from icechunk_coop._context import JobContext, StepClock, failure_markers
 from icechunk_coop._drivers import driver_for
 from icechunk_coop._errors import AlreadyCommittedError, ConfigurationError
-from icechunk_coop._finalize import Finalize, Merged
+from icechunk_coop._finalize import Finalize, Merged, Message
 from icechunk_coop._identity import WorkerIdentity
 from icechunk_coop._ledger import DEFAULT_SCAN
 from icechunk_coop._markers import Committed
@@ -86,6 +87,7 @@ class WorkerOutcome:
     result: Any = None
     snapshots: Mapping[str, str] = attrs.field(factory=dict)
     seconds: Mapping[str, float] = attrs.field(factory=dict)
+    job_start: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -107,6 +109,7 @@ class CooperativeJob:
     cleanup: bool = True
     commit_attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     ancestry_scan: int = attrs.field(default=DEFAULT_SCAN, validator=attrs.validators.ge(1))
+    decide_start: Callable[[], datetime] | None = attrs.field(default=None, eq=False)
     _ctx: JobContext = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -129,6 +132,8 @@ class CooperativeJob:
             cleanup=self.cleanup,
             commit_attempts=self.commit_attempts,
         )
+        if self.decide_start is not None:
+            ctx = attrs.evolve(ctx, decide_start=self.decide_start)
         object.__setattr__(self, "_ctx", ctx)
 
     @classmethod
@@ -144,6 +149,7 @@ class CooperativeJob:
         environ: Mapping[str, str] | None = None,
         cleanup: bool = True,
         commit_attempts: int = 3,
+        job_start: Callable[[], datetime] | None = None,
     ) -> CooperativeJob:
         """This worker's job: identity and secret from the environment unless given.
 
@@ -152,6 +158,11 @@ class CooperativeJob:
         to run unsealed (``ICECHUNK_COOP_INSECURE``) unless every target and the
         rendezvous are on this machine: an unsealed session would expose its
         storage configuration, and anyone who can write could plant a pickle.
+
+        ``job_start`` decides the job's start when the environment gives none
+        (no ``JOB_START``, a Job made by hand from a CronJob): worker 0 calls it
+        once (default: its clock, in UTC) and pins the answer in the setup, and
+        every other worker takes it from there. See :attr:`job_start`.
         """
         env = os.environ if environ is None else environ
         identity = identity or WorkerIdentity.from_env(env)
@@ -170,7 +181,18 @@ class CooperativeJob:
             replicas=tuple(replicas),
             cleanup=cleanup,
             commit_attempts=commit_attempts,
+            decide_start=job_start,
         )
+
+    @property
+    def job_start(self) -> datetime | None:
+        """The job's start in UTC: the environment's, or the one pinned in the setup.
+
+        Known from the start when the environment gives it; otherwise once the
+        setup is published (worker 0, before ``prepare``) or loaded (the others,
+        before ``work``): read it inside the hooks.
+        """
+        return self._ctx.pinned.value or self.identity.job_start
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -203,7 +225,7 @@ class CooperativeJob:
         self,
         *,
         work: Work,
-        message: str,
+        message: Message,
         prepare: Prepare | None = None,
         finalize: Finalize | None = None,
     ) -> WorkerOutcome:
@@ -211,9 +233,11 @@ class CooperativeJob:
 
         ``prepare(stores)`` runs on worker 0 only: create arrays, grow the
         append dimension. ``work(stores)`` runs on every worker, writes chunks
-        only, and returns a JSON-serialisable result. ``finalize(stores,
+        only, and returns a result of any picklable type (it travels inside a
+        sealed frame, like the forks). ``finalize(stores,
         results)`` runs on the last worker after the merge, with every result
-        in index order: write final metadata there.
+        in index order: write final metadata there. ``message`` may be a
+        callable, called at commit time (when the job's start is pinned).
         """
         ctx, me, clock = self._ctx, self.identity, StepClock()
         with failure_markers(ctx) as markers:
@@ -265,6 +289,7 @@ class CooperativeJob:
             result=value,
             snapshots=dict(snapshots or {}),
             seconds=dict(clock.seconds),
+            job_start=self.job_start,
         )
 
     def _already_committed(self, found: str | None) -> WorkerOutcome:
@@ -291,7 +316,7 @@ def get_forked_session(job: CooperativeJob, prepare: Prepare | None = None) -> F
 
 
 def publish_result(job: CooperativeJob, forks: Forks, value: Any = None) -> None:
-    """Publish this worker's forks and ``value`` (JSON) for the last worker to merge."""
+    """Publish this worker's forks and ``value`` (any picklable) for the last worker."""
     _work.publish_result(job._ctx, _work.result_of(job._ctx, forks, value))
 
 
@@ -313,7 +338,7 @@ def get_merged_sessions(job: CooperativeJob, forks: Forks, value: Any = None) ->
 
 
 def commit_merged(
-    job: CooperativeJob, merged: Merged, *, message: str, finalize: Finalize | None = None
+    job: CooperativeJob, merged: Merged, *, message: Message, finalize: Finalize | None = None
 ) -> Mapping[str, str]:
     """Commit a merge to every target (replicas first) and clean up; return the snapshots.
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Required, TypedDict, Unpack
 
 import attrs
 import zarr.abc.store
@@ -37,6 +37,7 @@ from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
 
 __all__ = [
     "DynamicalDataset",
+    "JobOptions",
     "Mode",
     "RegionJob",
     "ShrinkRefusedError",
@@ -122,6 +123,18 @@ class _Progress:
             )
 
 
+class JobOptions(TypedDict, total=False):
+    """How a dataset's job meets: what :meth:`CooperativeJob.create` takes besides targets."""
+
+    rendezvous_url: Required[str]
+    identity: WorkerIdentity | None
+    policy: WaitPolicy | None
+    storage_options: Mapping[str, Any] | None
+    environ: Mapping[str, str] | None
+    job_start: Callable[[], datetime] | None
+    commit_attempts: int
+
+
 class DynamicalDataset(abc.ABC):
     """A dataset updated by many workers at once, committed once per job.
 
@@ -159,92 +172,84 @@ class DynamicalDataset(abc.ABC):
 
     # ---- the loop -------------------------------------------------------------
 
-    def backfill(
-        self,
-        *,
-        end: datetime,
-        rendezvous_url: str,
-        identity: WorkerIdentity | None = None,
-        policy: WaitPolicy | None = None,
-    ) -> WorkerOutcome:
-        """Write every region up to ``end`` (renamed from ``process_backfill_region_jobs``)."""
-        identity = identity or WorkerIdentity.from_env()
+    def cooperative_job(self, **options: Unpack[JobOptions]) -> CooperativeJob:
+        """This worker's :class:`CooperativeJob` for the dataset's targets.
+
+        ``storage_options`` go to the rendezvous filesystem (s3fs, gcsfs);
+        ``environ`` replaces ``os.environ`` for identity and secret;
+        ``job_start`` decides the start when the environment gives none.
+        """
+        return CooperativeJob.create(primary=self.primary(), replicas=self.replicas(), **options)
+
+    def backfill(self, *, end: datetime, **options: Unpack[JobOptions]) -> WorkerOutcome:
+        """Write every region up to ``end``; ``options`` as for :meth:`cooperative_job`."""
+        job = self.cooperative_job(**options)
+        me = job.identity
         return self.process_region_jobs(
+            job,
             mode="backfill",
-            end=end,
+            end=lambda: end,
             jobs=lambda: self.region_job_class.get_jobs(
-                self,
-                end=end,
-                worker_index=identity.worker_index,
-                workers_total=identity.workers_total,
+                self, end=end, worker_index=me.worker_index, workers_total=me.workers_total
             ),
-            rendezvous_url=rendezvous_url,
-            identity=identity,
-            policy=policy,
         )
 
-    def update(
-        self,
-        *,
-        rendezvous_url: str,
-        identity: WorkerIdentity | None = None,
-        policy: WaitPolicy | None = None,
-    ) -> WorkerOutcome:
-        """The operational update for the job's ``job_start``."""
-        identity = identity or WorkerIdentity.from_env()
-        job_start = identity.job_start
-        if job_start is None:
-            raise ConfigurationError(
-                f"job {identity.job_id!r}: an update needs the job start time so that every "  # noqa: S608
-                "pod derives the same work: set JOB_START (ISO 8601) in the pod spec, or run "
-                "it from a CronJob and pass CRONJOB_NAME"
-            )
+    def update(self, **options: Unpack[JobOptions]) -> WorkerOutcome:
+        """The operational update for the job's start; ``options`` as for :meth:`cooperative_job`.
+
+        The start is the environment's (``JOB_START``, a CronJob's job name) or,
+        when it gives none, the one worker 0 decides and pins for every worker.
+        """
+        job = self.cooperative_job(**options)
+        me = job.identity
+        if me.is_first and not job.is_committed():
+            self._require_repository(job.job_id)
+
+        def start() -> datetime:
+            assert job.job_start is not None, "pinned by the setup before any hook runs"
+            return job.job_start
+
         return self.process_region_jobs(
+            job,
             mode="update",
-            end=self.update_end(job_start),
+            end=lambda: self.update_end(start()),
             jobs=lambda: self.region_job_class.operational_update_jobs(
                 self,
-                worker_index=identity.worker_index,
-                workers_total=identity.workers_total,
-                job_start=job_start,
+                worker_index=me.worker_index,
+                workers_total=me.workers_total,
+                job_start=start(),
             ),
-            rendezvous_url=rendezvous_url,
-            identity=identity,
-            policy=policy,
         )
 
     def process_region_jobs(
         self,
+        job: CooperativeJob,
         *,
         mode: Mode,
-        end: datetime,
+        end: Callable[[], datetime],
         jobs: Callable[[], Sequence[RegionJob]],
-        rendezvous_url: str,
-        identity: WorkerIdentity,
-        policy: WaitPolicy | None = None,
     ) -> WorkerOutcome:
-        """Fork, process this worker's jobs, publish; the last worker merges and commits."""
-        job = CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=rendezvous_url,
-            primary=self.primary(),
-            replicas=self.replicas(),
-            policy=policy,
-        )
+        """Fork, process this worker's jobs, publish; the last worker merges and commits.
+
+        ``end`` and ``jobs`` are called inside the hooks: by then the job's start
+        is pinned, whoever decided it.
+        """
+        identity = job.identity
         visible: list[int] = []
 
         def prepare(stores: Stores) -> None:
-            self.expand(stores, end=end, mode=mode)
+            self.expand(stores, end=end(), mode=mode)
 
         def work(stores: Stores) -> list[Any]:
             mine = list(jobs())
             log.info(
-                "worker %d/%d: %d region jobs (%s up to %s)",
+                "worker %d/%d: %d region job%s (%s up to %s)",
                 identity.worker_index,
                 identity.workers_total,
                 len(mine),
+                "" if len(mine) == 1 else "s",
                 mode,
-                end.isoformat(),
+                end().isoformat(),
             )
             progress = _Progress(identity=identity, total=len(mine))
             results = []
@@ -272,8 +277,19 @@ class DynamicalDataset(abc.ABC):
             work=work,
             prepare=prepare,
             finalize=finalize,
-            message=f"{type(self).__name__} {mode} to {end.isoformat()}",
+            message=lambda: f"{type(self).__name__} {mode} to {end().isoformat()}",
         )
+
+    def _require_repository(self, job_id: str) -> None:
+        """An update extends data that exists: a typo in a URL must not start a new dataset."""
+        target = self.primary()
+        try:
+            target.open(create=False)
+        except Exception as exc:  # icechunk raises several kinds for "not there"
+            raise ConfigurationError(
+                f"job {job_id!r}: no repository at {target.location} ({type(exc).__name__}); "
+                "an update extends an existing dataset: check the URL, or run a backfill first"
+            ) from exc
 
     def _visible_length(self) -> int:
         target = self.primary()
