@@ -333,3 +333,26 @@ def test_a_worker_whose_start_disagrees_with_the_setup_is_refused(tmp_path: Path
     )
     with pytest.raises(ConfigurationError, match="the setup pinned"):
         job.run(work=lambda stores: None, message="m")
+
+
+def test_a_target_passes_virtual_chunk_credentials_and_config_to_icechunk(
+    tmp_path: Path,
+) -> None:
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "virtual"))
+    config = icechunk.RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        icechunk.VirtualChunkContainer("s3://sources/", icechunk.s3_store(region="us-east-1"))
+    )
+    target = IcechunkTarget(
+        name="primary",
+        storage=storage,
+        config=config,
+        authorize_virtual_chunk_access={"s3://sources/": None},
+    )
+    # icechunk warns about ``None`` (environment credentials): proof the mapping reached it.
+    with pytest.warns(DeprecationWarning, match="authorize_virtual_chunk_access"):
+        repo = target.open(create=True)
+    assert "s3://sources/" in repo.config.virtual_chunk_containers
+    with pytest.warns(DeprecationWarning, match="authorize_virtual_chunk_access"):
+        reopened = target.open(create=False)
+    assert "s3://sources/" in reopened.config.virtual_chunk_containers

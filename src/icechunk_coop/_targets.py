@@ -34,15 +34,18 @@ def _check_target_name(_: object, attribute: attrs.Attribute[str], value: str) -
 class IcechunkTarget:
     """An Icechunk repository and the branch the job commits to.
 
-    ``storage`` is what every worker opens; build it with
-    :func:`icechunk_coop.icechunk_storage` (credentials from the
-    environment) so that no static key ever rides inside a session.
+    ``storage`` is what every worker opens. :func:`icechunk_coop.icechunk_storage`
+    builds one with credentials from the environment; a storage that carries
+    static keys (from your own secret files) works too: sessions travel only
+    inside sealed, encrypted frames, so the keys are never in a blob in the
+    clear.
     """
 
     name: str = attrs.field(validator=_check_target_name)
     storage: icechunk.Storage = attrs.field(repr=False)
     branch: str = "main"
     config: icechunk.RepositoryConfig | None = attrs.field(default=None, repr=False)
+    authorize_virtual_chunk_access: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def from_url(cls, url: str, *, name: str = "primary", branch: str = "main") -> IcechunkTarget:
@@ -55,10 +58,16 @@ class IcechunkTarget:
         return ", ".join(lines) or self.name
 
     def open(self, *, create: bool) -> icechunk.Repository:
-        """Open the repository; only the setup worker may ``create`` it."""
-        if create:
-            return icechunk.Repository.open_or_create(self.storage, config=self.config)
-        return icechunk.Repository.open(self.storage, config=self.config)
+        """Open the repository; only the setup worker may ``create`` it.
+
+        ``config`` and ``authorize_virtual_chunk_access`` (credentials per
+        virtual-chunk container, for virtual datasets) go to icechunk as given.
+        """
+        extra: dict[str, Any] = {}
+        if self.authorize_virtual_chunk_access is not None:
+            extra["authorize_virtual_chunk_access"] = dict(self.authorize_virtual_chunk_access)
+        opener = icechunk.Repository.open_or_create if create else icechunk.Repository.open
+        return opener(self.storage, config=self.config, **extra)
 
 
 @attrs.frozen(kw_only=True)
