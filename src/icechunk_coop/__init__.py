@@ -30,6 +30,7 @@ from icechunk_coop._errors import (
 from icechunk_coop._identity import WorkerIdentity
 from icechunk_coop._ledger import METADATA_KEY, job_branch_prefix, job_of_branch, job_of_commit
 from icechunk_coop._locations import normalise_url
+from icechunk_coop._loop import Assignment, Loop, RegionJobLike, assign_jobs, run_region_jobs
 from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop._rendezvous import Rendezvous
 from icechunk_coop._status import (
@@ -62,6 +63,7 @@ __all__ = [
     "METADATA_KEY",
     "SECRET_ENV",
     "AlreadyCommittedError",
+    "Assignment",
     "BranchKeptMovingError",
     "CommitConflictError",
     "CommitOutcomeError",
@@ -76,12 +78,14 @@ __all__ = [
     "IdentityError",
     "JobListing",
     "JobStatus",
+    "Loop",
     "Merged",
     "MissingLocationError",
     "MissingSecretError",
     "PayloadAuthenticationError",
     "PayloadError",
     "PayloadFormatError",
+    "RegionJobLike",
     "Rendezvous",
     "RetryableError",
     "Sealer",
@@ -97,6 +101,7 @@ __all__ = [
     "WorkerState",
     "WorkersTotalMismatchError",
     "ZarrTarget",
+    "assign_jobs",
     "commit_merged",
     "delete_temporary_branches",
     "find_jobs",
@@ -113,6 +118,7 @@ __all__ = [
     "publish_result",
     "read_job",
     "remove_job",
+    "run_region_jobs",
     "temporary_branches",
     "worker_share",
 ]

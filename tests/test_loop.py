@@ -1,0 +1,118 @@
+"""The region-job loop as a function: shares, hooks, results in job order (in-process)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import pytest
+import zarr
+
+from icechunk_coop import (
+    ConfigurationError,
+    CooperativeJob,
+    IcechunkTarget,
+    Loop,
+    Stores,
+    WorkerIdentity,
+    WorkerOutcome,
+    assign_jobs,
+    run_region_jobs,
+)
+from icechunk_coop.testing import Killed, at_crash_point, job_commits, run_in_process
+
+SECRET = "loop-secret-0123456789abcdef0123"
+
+
+@pytest.mark.parametrize("how", ["contiguous", "spread"])
+@pytest.mark.parametrize(("n_jobs", "total"), [(10, 3), (8, 8), (3, 5), (64, 6), (0, 2)])
+def test_every_job_goes_to_exactly_one_worker(how: str, n_jobs: int, total: int) -> None:
+    shares = [assign_jobs(n_jobs, i, total, how) for i in range(total)]  # type: ignore[arg-type]
+    flat = sorted(p for share in shares for p in share)
+    assert flat == list(range(n_jobs))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_spread_covers_the_whole_range_with_the_first_workers() -> None:
+    # 16 jobs, 4 workers, only 2 pods running: they hold the first and the third quarter.
+    first_two = [assign_jobs(16, i, 4, "spread") for i in (0, 1)]
+    assert first_two == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    assert [assign_jobs(16, i, 4, "contiguous") for i in (0, 1)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_a_bad_index_or_assignment_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="out of range"):
+        assign_jobs(4, 3, 3, "spread")
+    with pytest.raises(ConfigurationError, match="'round-robin'"):
+        assign_jobs(4, 0, 3, "round-robin")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Region:
+    """Only ``process``: the Protocol asks nothing more."""
+
+    row: int
+
+    def process(self, primary_store: Any, replica_stores: Sequence[Any]) -> dict[str, int]:
+        zarr.open_array(primary_store, path="a", mode="r+")[self.row] = 100 + self.row
+        return {"row": self.row}
+
+
+@pytest.mark.parametrize("restart_last", [False, True])
+def test_hooks_see_the_whole_list_and_finalize_gets_results_in_job_order(
+    tmp_path: Path, restart_last: bool
+) -> None:
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    regions = [Region(row=r) for r in range(10)]
+    contexts: list[Any] = []
+    final: list[Any] = []
+
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=IcechunkTarget(name="primary", storage=storage),
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+        )
+
+    def prepare(stores: Stores, loop: Loop) -> None:
+        assert len(loop.jobs) == 10
+        zarr.open_group(stores.primary, mode="a").create_array(
+            "a", shape=(len(loop.jobs),), chunks=(1,), dtype="i4", fill_value=0
+        )
+
+    def finalize(stores: Stores, loop: Loop, results: list[Any]) -> None:
+        final.extend(results)
+        zarr.open_group(stores.primary, mode="a").attrs["template"] = loop.context
+
+    def run(job: CooperativeJob) -> WorkerOutcome:
+        return run_region_jobs(
+            job,
+            regions,
+            message="loop",
+            context=lambda job, jobs: contexts.append(len(jobs)) or f"template of {len(jobs)}",
+            prepare=prepare,
+            finalize=finalize,
+        )
+
+    if restart_last:
+        # The last worker dies once the plan is pinned; restarted, it skips its own
+        # work (its result is in the plan) and still has the job list and context.
+        with at_crash_point("after-pin-plan"), pytest.raises(Killed):
+            run_in_process(make, 4, run, job_name="loop", job_uid="u")
+        contexts.clear()
+        outcomes = run_in_process(make, 4, run, indexes=[3], job_name="loop", job_uid="u")
+        assert contexts == [10]
+    else:
+        outcomes = run_in_process(make, 4, run, job_name="loop", job_uid="u")
+        assert contexts == [10, 10, 10, 10]  # once per worker
+    assert outcomes[-1].status == "committed"
+    assert final == [{"row": r} for r in range(10)]  # job order, not worker order
+    repo = icechunk.Repository.open(storage)
+    root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+    assert list(root["a"][:]) == [100 + r for r in range(10)]
+    assert root.attrs["template"] == "template of 10"
+    assert len(job_commits(repo, "loop-u")) == 1
