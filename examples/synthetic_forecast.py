@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 
 import attrs
 import numpy as np
-import xarray as xr
 import zarr
 
 from icechunk_coop import (
@@ -105,6 +104,11 @@ class ForecastRegionJob(RegionJob):
         time.sleep(self.source_latency)  # the simulated download
         if init + PUBLICATION_DELAY > self.now:
             return {"index": self.index, "found": False}
+        # Imported here, not at the top: xarray and pandas cost a worker about two
+        # seconds of start-up, and a worker whose sources are all missing (or that
+        # only finalizes a pinned plan) never needs them.
+        import xarray as xr
+
         ds = xr.Dataset(
             {
                 name: (
