@@ -247,9 +247,9 @@ class Rendezvous:
         """Wait until every name is published; return their contents by name.
 
         One LIST per poll covers all of them, their failure markers and
-        ``unless``, so the cost of a poll does not grow with the number of
-        workers (up to a thousand names per listing page); each blob is then
-        read once.
+        ``unless``, so the cost of a poll grows only with the listing's pages
+        (a thousand names each); each blob is then read once, the new ones of
+        a poll concurrently.
         """
         wanted = [check_name(n) for n in names]
         got: dict[str, Any] = {}
@@ -263,11 +263,11 @@ class Rendezvous:
                     location=self.url, failures=self.failures(failed), job=self.job_id
                 )
             self._interrupt(unless, present)
-            for name in wanted:
-                if name in present and name not in got:
-                    value = self.read(name, content=content)
-                    if value is not None:
-                        got[name] = value
+            new = [n for n in wanted if n in present and n not in got]
+            for name, data in self._blobs.get_many(new).items():
+                got[name] = self.sealer.open(
+                    data, name=name, location=self.location(name), expect=content
+                )
             if len(got) == len(wanted):
                 return {n: got[n] for n in wanted}
             if time.monotonic() - last_report[0] > 30:
