@@ -25,7 +25,13 @@ from icechunk_coop._errors import (
     ForeignPayloadError,
     MissingLocationError,
 )
-from icechunk_coop._ledger import Provenance, attempt_branch, find_job_commit, job_branch_prefix
+from icechunk_coop._ledger import (
+    Provenance,
+    attempt_branch,
+    find_job_commit,
+    find_job_snapshot,
+    job_branch_prefix,
+)
 from icechunk_coop._records import IcechunkSetup, TargetSetup
 from icechunk_coop._targets import IcechunkTarget
 
@@ -172,13 +178,21 @@ class IcechunkDriver:
         # session read, so nothing can slip in between reading S0 and forking.
         # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
         session = repo.writable_session(self.target.branch)
-        if primary:
+        found = find_job_snapshot(repo, session.snapshot_id, self.job_id, None, self.scan)
+        if found is not None and primary:
             # A twin of this worker may have finished the whole job after our
             # first look: a base read now would sit above the job's commit, and
             # every later check scans only down to the base.
-            found = find_job_commit(repo, session.snapshot_id, self.job_id, None, self.scan)
-            if found is not None:
-                raise AlreadyCommittedError(job=self.job_id, snapshot=found)
+            raise AlreadyCommittedError(job=self.job_id, snapshot=str(found.id))
+        if found is not None and found.parent_id is not None:
+            # This replica holds the job from an attempt whose setup is gone (a
+            # one-worker job restarted between targets): stage at the job's own
+            # base, so the merge finds the job landed here and leaves it alone.
+            log.info("job %r: %s holds the job already; staging at its base", self.job_id,
+                     self.name)  # fmt: skip
+            branch = attempt_branch(self.job_id)
+            repo.create_branch(branch, found.parent_id)
+            session = repo.writable_session(branch)
         return _Staging(base=session.snapshot_id, prepared=session.fork())
 
     def _own(self, state: TargetSetup) -> IcechunkSetup:

@@ -26,6 +26,7 @@ __all__ = [
     "Provenance",
     "attempt_branch",
     "find_job_commit",
+    "find_job_snapshot",
     "job_branch_prefix",
     "job_of_branch",
 ]
@@ -65,9 +66,9 @@ def job_of_commit(metadata: Mapping[str, Any] | None) -> str | None:
     return meta.get("job") if isinstance(meta, dict) else None
 
 
-def find_job_commit(
+def find_job_snapshot(
     repo: icechunk.Repository, tip: str, job_id: str, base: str | None, scan: int = DEFAULT_SCAN
-) -> str | None:
+) -> icechunk.SnapshotInfo | None:
     """The snapshot ``job_id`` committed among the ancestors of ``tip``, if any.
 
     With the job's ``base`` known the scan goes all the way down to it.
@@ -76,10 +77,18 @@ def find_job_commit(
     """
     for n, info in enumerate(repo.ancestry(snapshot_id=tip)):
         if job_of_commit(info.metadata) == job_id:
-            return str(info.id)
+            return info
         if info.id == base or (base is None and n >= scan):
             return None
     return None
+
+
+def find_job_commit(
+    repo: icechunk.Repository, tip: str, job_id: str, base: str | None, scan: int = DEFAULT_SCAN
+) -> str | None:
+    """The id of :func:`find_job_snapshot`'s snapshot."""
+    info = find_job_snapshot(repo, tip, job_id, base, scan)
+    return None if info is None else str(info.id)
 
 
 @attrs.frozen(kw_only=True)
