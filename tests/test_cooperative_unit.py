@@ -27,7 +27,8 @@ from icechunk_coop import (
     get_merged_sessions,
     publish_result,
 )
-from icechunk_coop._records import FAILED_SUFFIX, Result, result_name
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import COMMITTED, FAILED_SUFFIX, Result, result_name
 from icechunk_coop.testing import job_commits, run_in_process
 
 SECRET = "unit-secret-0123456789abcdef0123"
@@ -356,3 +357,22 @@ def test_a_target_passes_virtual_chunk_credentials_and_config_to_icechunk(
     with pytest.warns(DeprecationWarning, match="authorize_virtual_chunk_access"):
         reopened = target.open(create=False)
     assert "s3://sources/" in reopened.config.virtual_chunk_containers
+
+
+def test_the_committed_marker_keeps_every_workers_timeline(tmp_path: Path) -> None:
+    outcomes = run_in_process(
+        lambda ident: make_job(tmp_path, ident.worker_index, 3),
+        3,
+        lambda job: job.run(work=lambda stores: None, prepare=prepare, message="m"),
+        job_name="unit",
+        job_uid="u",
+    )
+    marker = make_job(tmp_path, 0, 3).meeting.read(COMMITTED, Committed)
+    assert marker is not None and marker.workers_total == 3
+    assert sorted(marker.timeline) == [0, 1, 2]
+    for index, steps in marker.timeline.items():
+        expected = {"setup", "work", "wait", "commit"} if index == 2 else {"setup", "work"}
+        assert set(steps) == expected
+        assert all(began <= ended for began, ended in steps.values())
+        assert steps["setup"][1] <= steps["work"][0]
+    assert set(outcomes[2].seconds) == {"setup", "work", "wait", "commit"}

@@ -89,17 +89,25 @@ class JobContext:
 
 @attrs.define
 class StepClock:
-    """Seconds spent in each step of a run, by step name."""
+    """When each step of a run began and ended (Unix seconds), by step name.
 
-    seconds: dict[str, float] = attrs.field(factory=dict)
+    Wall-clock times, not monotonic ones, because the spans of different
+    workers end up side by side on one timeline (``Committed.timeline``).
+    """
+
+    spans: dict[str, tuple[float, float]] = attrs.field(factory=dict)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {name: end - start for name, (start, end) in self.spans.items()}
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
+        started = time.time()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+            self.spans[name] = (started, time.time())
 
 
 @attrs.define

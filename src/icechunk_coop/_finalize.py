@@ -225,8 +225,12 @@ def commit(
         ) from exc
 
 
-def after_commit(ctx: JobContext, snapshots: Mapping[str, str]) -> None:
-    """Delete temporary branches, publish COMMITTED, then clear the namespace.
+def after_commit(
+    ctx: JobContext,
+    snapshots: Mapping[str, str],
+    timeline: Mapping[int, Mapping[str, tuple[float, float]]] | None = None,
+) -> None:
+    """Delete temporary branches, publish COMMITTED (with every worker's timeline), clean up.
 
     COMMITTED first, and the cleanup keeps it: there is never a moment when a
     late worker finds neither the marker nor the setup.
@@ -234,7 +238,10 @@ def after_commit(ctx: JobContext, snapshots: Mapping[str, str]) -> None:
     for driver in ctx.drivers:
         driver.cleanup()
     marker = Committed(
-        snapshots=dict(snapshots), at=time.time(), workers_total=ctx.identity.workers_total
+        snapshots=dict(snapshots),
+        at=time.time(),
+        workers_total=ctx.identity.workers_total,
+        timeline=dict(timeline or {}),
     )
     ctx.meeting.publish(COMMITTED, marker)
     _crash.reach("before-cleanup")

@@ -12,9 +12,16 @@ from typing import Any, ClassVar, Self
 
 import attrs
 
-from icechunk_coop._records import Content, Record, check_format, field
+from icechunk_coop._errors import PayloadFormatError
+from icechunk_coop._records import Content, Record, check_format, field, timeline_from_wire
 
 __all__ = ["Committed", "Failure", "ZarrCommitted"]
+
+
+def _timelines(wire: object, location: str) -> dict[int, dict[str, tuple[float, float]]]:
+    if not isinstance(wire, Mapping) or not all(str(k).isdigit() for k in wire):
+        raise PayloadFormatError(location=location, reason="timeline must map worker indexes")
+    return {int(k): timeline_from_wire(v, location) for k, v in wire.items()}
 
 
 @attrs.frozen(kw_only=True)
@@ -27,6 +34,8 @@ class Committed(Record):
     snapshots: Mapping[str, str]
     at: float
     workers_total: int | None = None
+    #: Worker index -> step -> (began, ended): where the job's time went.
+    timeline: Mapping[int, Mapping[str, tuple[float, float]]] = attrs.field(factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -34,6 +43,9 @@ class Committed(Record):
             "snapshots": dict(self.snapshots),
             "at": self.at,
             "workers_total": self.workers_total,
+            "timeline": {
+                str(i): {k: list(v) for k, v in steps.items()} for i, steps in self.timeline.items()
+            },
         }
 
     @classmethod
@@ -44,6 +56,7 @@ class Committed(Record):
             snapshots={str(k): str(v) for k, v in snapshots.items()},
             at=float(field(w, "at", (int, float), location)),
             workers_total=field(w, "workers_total", (int, type(None)), location),
+            timeline=_timelines(w.get("timeline", {}), location),
         )
 
 

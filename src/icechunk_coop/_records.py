@@ -50,6 +50,7 @@ __all__ = [
     "field",
     "index_of_result",
     "result_name",
+    "timeline_from_wire",
 ]
 
 SETUP = "setup"
@@ -176,6 +177,19 @@ def _target_from_wire(wire: object, location: str) -> TargetSetup:
     raise _refuse(location, f"unknown target kind {wire.get('kind')!r}")
 
 
+def timeline_from_wire(wire: object, location: str) -> dict[str, tuple[float, float]]:
+    """Step name -> (began, ended) in Unix seconds."""
+    if not isinstance(wire, Mapping):
+        raise _refuse(location, "a timeline must map step names to [began, ended]")
+    spans: dict[str, tuple[float, float]] = {}
+    for name, span in wire.items():
+        if not (isinstance(span, list | tuple) and len(span) == 2
+                and all(isinstance(t, int | float) for t in span)):  # fmt: skip
+            raise _refuse(location, f"timeline step {name!r} is not [began, ended]")
+        spans[str(name)] = (float(span[0]), float(span[1]))
+    return spans
+
+
 @attrs.frozen(kw_only=True)
 class Setup(Record):
     """What worker 0 publishes once: the forks to write into, per target.
@@ -229,6 +243,7 @@ class Result(Record):
     workers_total: int
     forks: Mapping[str, icechunk.ForkSession] = attrs.field(repr=False)
     value: Any = None
+    timeline: Mapping[str, tuple[float, float]] = attrs.field(factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -238,6 +253,7 @@ class Result(Record):
             "workers_total": self.workers_total,
             "forks": dict(self.forks),
             "value": self.value,
+            "timeline": {k: list(v) for k, v in self.timeline.items()},
         }
 
     @classmethod
@@ -254,6 +270,7 @@ class Result(Record):
             workers_total=field(w, "workers_total", int, location),
             forks=forks,
             value=w.get("value"),
+            timeline=timeline_from_wire(w.get("timeline", {}), location),
         )
 
 

@@ -40,7 +40,12 @@ def open_forks(ctx: JobContext, setup: Setup) -> Forks:
     return Forks(setup=setup, forks=forks, stores=stores)
 
 
-def result_of(ctx: JobContext, forks: Forks, value: Any) -> Result:
+def result_of(
+    ctx: JobContext,
+    forks: Forks,
+    value: Any,
+    timeline: Mapping[str, tuple[float, float]] | None = None,
+) -> Result:
     """The result record of this worker: its forks and the value its work returned."""
     index = ctx.identity.worker_index
     sessions = {name: s for name, f in forks.forks.items() if (s := f.session) is not None}
@@ -50,6 +55,7 @@ def result_of(ctx: JobContext, forks: Forks, value: Any) -> Result:
         workers_total=ctx.identity.workers_total,
         forks=sessions,
         value=value,
+        timeline=dict(timeline or {}),
     )
 
 

@@ -258,7 +258,8 @@ class CooperativeJob:
                 else:
                     with clock.step("work"):
                         forks = _work.open_forks(ctx, setup)
-                        result = _work.result_of(ctx, forks, work(forks.stores))
+                        value = work(forks.stores)
+                    result = _work.result_of(ctx, forks, value, clock.spans)
                     _work.publish_result(ctx, result)
                     if not me.is_last:
                         return self._outcome("published", result.value, clock)
@@ -269,7 +270,9 @@ class CooperativeJob:
                     snapshots = _finalize.commit(
                         ctx, setup, pinned, message=message, finalize=finalize
                     )
-                _finalize.after_commit(ctx, snapshots)
+                timeline = {r.index: r.timeline for r in pinned}
+                timeline[me.worker_index] = {**timeline.get(me.worker_index, {}), **clock.spans}
+                _finalize.after_commit(ctx, snapshots, timeline)
             except AlreadyCommittedError as exc:
                 return self._already_committed(exc.snapshot)
         value = pinned[me.worker_index].value
