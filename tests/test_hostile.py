@@ -1,0 +1,115 @@
+"""Blobs planted at every rendezvous path of a job: none is unpickled; refusals name the blob.
+
+Each case plants one bad blob at one of the job's names before its three
+workers run (in this process, local files). The job either completes with
+exactly one commit (it overwrote its own slot) or stops with a refusal that
+names the blob; the planted pickle's payload never runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import icechunk
+import pytest
+import zarr
+
+from icechunk_coop import (
+    CooperativeJob,
+    IcechunkTarget,
+    PayloadError,
+    Sealer,
+    Stores,
+    WorkerIdentity,
+)
+from icechunk_coop._records import COMMITTED, PLAN, SETUP, failure_name, result_name
+from icechunk_coop.testing import job_commits, run_in_process
+
+SECRET = "hostile-secret-0123456789abcdef0"
+READ_BEFORE_WRITTEN = {SETUP, PLAN, COMMITTED}
+NAMES = [SETUP, result_name(0), result_name(1), result_name(2), PLAN, COMMITTED,
+         failure_name(result_name(1)), failure_name(SETUP)]  # fmt: skip
+
+
+class Boom:
+    """Unpickling this creates a file: the proof that nobody unpickled it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (self.path, "w"))
+
+
+def bad_blob(kind: str, name: str, sentinel: Path) -> bytes:
+    payload = {"format": "icechunk-coop/setup/1", "boom": Boom(str(sentinel))}
+    if kind == "raw-pickle":
+        return pickle.dumps(Boom(str(sentinel)))
+    if kind == "other-secret":
+        other = Sealer(job_id="h-u", secret=b"another-secret-0123456789abcdef")
+        return other.seal(payload, name=name, content="pickle")
+    if kind == "other-job":
+        return Sealer(job_id="x-u", secret=SECRET.encode()).seal(
+            payload, name=name, content="pickle"
+        )
+    if kind == "truncated":
+        sealed = Sealer(job_id="h-u", secret=SECRET.encode()).seal(
+            {"format": "icechunk-coop/setup/1"}, name=name, content="pickle"
+        )
+        return sealed[: len(sealed) // 2]
+    if kind == "wrong-record":  # authentic, right job and name, but not a record we wrote
+        return Sealer(job_id="h-u", secret=SECRET.encode()).seal(
+            {"format": "icechunk-coop/other/9"}, name=name, content="json"
+        )
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["raw-pickle", "other-secret", "other-job", "truncated",
+                                  "wrong-record"])  # fmt: skip
+@pytest.mark.parametrize("name", NAMES)
+def test_a_planted_blob_is_refused_by_name_or_overwritten(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    sentinel = tmp_path / "pwned"
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=IcechunkTarget(name="primary", storage=storage),
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+        )
+
+    def prepare(stores: Stores) -> None:
+        zarr.open_group(stores.primary, mode="a").create_array(
+            "a", shape=(3,), chunks=(1,), dtype="i4", fill_value=0
+        )
+
+    first = make(WorkerIdentity(worker_index=0, workers_total=3, job_name="h", job_uid="u"))
+    first.meeting.rendezvous.blobs.put(name, bad_blob(kind, name, sentinel))  # type: ignore[attr-defined]
+
+    def run_job() -> None:
+        run_in_process(
+            make,
+            3,
+            lambda job: job.run(work=lambda stores: None, prepare=prepare, message="m"),
+            job_name="h",
+            job_uid="u",
+        )
+
+    if name in READ_BEFORE_WRITTEN:
+        # A blob the job reads before it writes its own: refused, naming it.
+        with pytest.raises(PayloadError) as info:
+            run_job()
+        assert info.value.location.endswith(f"/{name}"), info.value
+        if icechunk.Repository.exists(storage):
+            assert job_commits(icechunk.Repository.open(storage), "h-u") == []
+    else:
+        # A slot the job writes (or withdraws) before anyone reads it: overwritten.
+        run_job()
+        assert len(job_commits(icechunk.Repository.open(storage), "h-u")) == 1
+    assert not sentinel.exists(), "a planted pickle was unpickled"
+    assert not os.path.exists(tmp_path / "pwned")
