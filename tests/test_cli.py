@@ -36,7 +36,10 @@ def cli(
     )
 
 
-def test_run_local_gives_indexed_job_env_and_propagates_failure(base_env: dict[str, str]) -> None:
+def test_run_local_gives_indexed_job_env_and_propagates_failure(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    base_env = {**base_env, "XDG_STATE_HOME": str(tmp_path)}  # where the new secret goes
     code = (
         "import os, sys; i = os.environ['JOB_COMPLETION_INDEX']; "
         "print('index', i, 'of', os.environ['WORKERS_TOTAL'], os.environ['JOB_NAME'], "
@@ -57,7 +60,10 @@ def test_run_local_gives_indexed_job_env_and_propagates_failure(base_env: dict[s
     assert proc.returncode == 1
     for i in range(3):
         assert f"[{i}] index {i} of 3 j 64" in proc.stdout
-    assert "worker(s) 1 (exit 3) failed" in proc.stderr
+    assert "worker 1 exited with 3; restarting it" in proc.stderr  # once: the default limit
+    assert "worker 1 exited with 3; index 1 failed (after 2 attempts" in proc.stderr
+    assert proc.stdout.count("[1] index 1 of 3") == 2
+    assert "failed: worker 1 exited with 3;" in proc.stderr
     ok = cli("run-local", "--workers", "2", "--", sys.executable, "-c", "pass", env=base_env)
     assert ok.returncode == 0, ok.stderr
 
@@ -203,7 +209,7 @@ def test_a_name_finds_its_job_or_says_which(
         (rv / job_id).mkdir(parents=True)
         (rv / job_id / "setup").write_bytes(b"x")
     out = io.StringIO()
-    assert status(str(rv), "twin", None, out) == 1
+    assert status(str(rv), "twin", None, out) == 2  # say which: like clean, not retryable
     assert "matches 2 jobs" in out.getvalue()
     assert "twin-u1" in out.getvalue() and "twin-u2" in out.getvalue()
     assert "twinkle" not in out.getvalue()
@@ -273,6 +279,7 @@ def test_demo_runs_and_says_what_it_did(tmp_path: Path, base_env: dict[str, str]
     assert "Commits on main" in proc.stdout
     assert "backfill to 2025-01-04" in proc.stdout
     assert "update to 2025-01-05" in proc.stdout
-    assert "4 workers" in proc.stdout
+    assert "4 workers" in proc.stdout and "1 workers" not in proc.stdout
+    assert 'Open it: uv run python -c "import icechunk' in proc.stdout
     repo = icechunk.Repository.open(icechunk_storage(str(tmp_path / "demo" / "forecast.icechunk")))
     assert len(list(repo.ancestry(branch="main"))) == 3

@@ -14,8 +14,15 @@ from typing import Any, Literal
 
 import attrs
 
-from icechunk_coop._errors import PayloadAuthenticationError, PayloadError
-from icechunk_coop._locations import TMP_MARK, check_name, filesystem, normalise_url
+from icechunk_coop._blobs import BlobStore
+from icechunk_coop._errors import (
+    CoopError,
+    MissingLocationError,
+    PayloadAuthenticationError,
+    PayloadError,
+    StorageUnreachableError,
+)
+from icechunk_coop._locations import TMP_MARK, check_name, filesystem, normalise_url, protocol_of
 from icechunk_coop._markers import Committed, Failure
 from icechunk_coop._payload import SECRET_ENV, Sealer
 from icechunk_coop._records import (
@@ -29,7 +36,15 @@ from icechunk_coop._records import (
 )
 from icechunk_coop._rendezvous import Rendezvous
 
-__all__ = ["JobListing", "JobStatus", "WorkerState", "find_jobs", "list_jobs", "read_job"]
+__all__ = [
+    "JobListing",
+    "JobStatus",
+    "WorkerState",
+    "check_reachable",
+    "find_jobs",
+    "list_jobs",
+    "read_job",
+]
 
 JobState = Literal["committed", "failed", "running", "waiting for setup"]
 TotalSource = Literal["setup", "committed", "given", "inferred", "unknown"]
@@ -93,16 +108,46 @@ class JobListing:
         return found
 
 
+def check_reachable(root_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse a rendezvous whose bucket does not exist or whose endpoint does not answer.
+
+    Without this a typo in the bucket reads as "no jobs". The probe retries
+    less than a worker would: someone is waiting for the answer.
+    """
+    url = normalise_url(root_url)
+    probe = dict(storage_options or {})
+    if protocol_of(url) in {"s3", "s3a"} and "config_kwargs" not in probe:
+        probe["config_kwargs"] = {"retries": {"total_max_attempts": 2, "mode": "standard"}}
+    try:
+        BlobStore(url=url, storage_options=probe).check_reachable()
+    except CoopError:
+        raise
+    except Exception as exc:  # botocore's connection errors are not OSErrors
+        raise StorageUnreachableError(url=url, detail=str(exc)[:300]) from exc
+
+
 def list_jobs(
     root_url: str, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, JobListing]:
-    """Every job namespace under ``root_url``, from one recursive listing."""
-    fs, root = filesystem(normalise_url(root_url), storage_options)
+    """Every job namespace under ``root_url``, from one recursive listing.
+
+    Raises ``MissingLocationError`` if the bucket does not exist (or access
+    is denied), ``StorageUnreachableError`` if the storage does not answer.
+    """
+    check_reachable(root_url, storage_options)
+    url = normalise_url(root_url)
+    fs, root = filesystem(url, storage_options)
     fs.invalidate_cache(root)
     try:
         entries = fs.find(root, detail=True)
     except FileNotFoundError:
         return {}
+    except PermissionError as exc:
+        raise MissingLocationError(
+            url=url, role="the rendezvous", detail=f"access denied ({exc})"
+        ) from exc
+    except OSError as exc:
+        raise StorageUnreachableError(url=url, detail=str(exc)[:300]) from exc
     grouped: dict[str, list[tuple[str, float | None]]] = {}
     for path, info in entries.items():
         rel = str(path).rstrip("/")[len(root) :].strip("/")

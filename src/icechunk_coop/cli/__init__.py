@@ -1,67 +1,74 @@
 """``icechunk-coop``: run a local indexed job, inspect and clean rendezvous, the demo.
 
 Only the public API is used here; everything the CLI does, a script can do.
+Exit codes: 0 done, 1 a failure that running again may fix, 2 one that it
+cannot (usage, configuration, a worker that exited 2), 128 + N stopped by
+signal N.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from icechunk_coop import CoopError
+from icechunk_coop import ConfigurationError, CoopError
+from icechunk_coop.cli._controller import JobResult, LocalJob
 from icechunk_coop.cli._demo import cmd_demo, demo
-from icechunk_coop.cli._run_local import cmd_run_local, run_local
+from icechunk_coop.cli._parser import EXIT_CODES
+from icechunk_coop.cli._parser import build_parser as _build_parser
+from icechunk_coop.cli._run_local import LOG_LEVEL_ENV, cmd_run_local, run_local
 from icechunk_coop.cli._status import clean, cmd_clean, cmd_status, parse_age, status
 
-__all__ = ["build_parser", "clean", "demo", "main", "parse_age", "run_local", "status"]
+__all__ = [
+    "EXIT_CODES",
+    "LOG_LEVEL_ENV",
+    "JobResult",
+    "LocalJob",
+    "build_parser",
+    "clean",
+    "demo",
+    "main",
+    "parse_age",
+    "run_local",
+    "status",
+]
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="icechunk-coop",
-        description="Many workers, one atomic Icechunk commit.",
+    return _build_parser(
+        {"run-local": cmd_run_local, "status": cmd_status, "clean": cmd_clean, "demo": cmd_demo}
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run-local", help="run COMMAND as N local workers of an indexed job")
-    p.add_argument("--workers", type=int, required=True, metavar="N")
-    p.add_argument("--job-name", help="JOB_NAME for every worker (default: local-<time>)")
-    p.add_argument("--job-uid", help="JOB_UID (default: fresh)")
-    p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra variable")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
-    p.set_defaults(func=cmd_run_local)
 
-    p = sub.add_parser("status", help="which workers of a job arrived, failed or are missing")
-    p.add_argument("url", help="rendezvous URL")
-    p.add_argument("--job", help="job id (name-uid), or a job's name; omit to list jobs")
-    p.add_argument("--workers", type=int, help="the job's WORKERS_TOTAL (default: the setup's)")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("clean", help="remove leftovers of crashed or finished jobs")
-    p.add_argument("url", help="rendezvous URL")
-    p.add_argument("--job", help="job id (name-uid), or a job's name, to remove")
-    p.add_argument("--older-than", metavar="AGE", help="remove jobs idle this long (6h, 2d)")
-    p.add_argument("--repo", action="append", default=[], help="also delete temporary branches")
-    p.set_defaults(func=cmd_clean)
-
-    p = sub.add_parser("demo", help="backfill and update the example dataset locally")
-    p.add_argument("--dir", help="where to put the data (default: a temp folder)")
-    p.add_argument("--workers", type=int, default=4)
-    p.set_defaults(func=cmd_demo)
-    return parser
+def _log_level(given: str | None) -> str:
+    """-v/-q, else ``ICECHUNK_COOP_LOG_LEVEL``, else INFO."""
+    level = (given or os.environ.get(LOG_LEVEL_ENV) or "INFO").strip().upper()
+    if level not in _LEVELS:
+        raise ConfigurationError(f"{LOG_LEVEL_ENV}={level!r}: expected one of {', '.join(_LEVELS)}")
+    return level
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Our own progress at INFO; libraries (botocore's credential chatter) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("icechunk_coop").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, a usage error: argparse said why
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    try:
+        args.log_level = _log_level(args.log_level)
+        # Our own progress at INFO; libraries (botocore's credential chatter) only when they warn.
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("icechunk_coop").setLevel(args.log_level)
         code: int = args.func(args)
     except CoopError as exc:
-        print(f"icechunk-coop: {exc}", file=sys.stderr)
-        return 2
+        print(f"icechunk-coop {args.cmd}: {exc}", file=sys.stderr)
+        return 1 if exc.retryable else 2
+    except KeyboardInterrupt:
+        print(f"icechunk-coop {args.cmd}: interrupted", file=sys.stderr)
+        return 130
     return code

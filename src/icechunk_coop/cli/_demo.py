@@ -17,6 +17,7 @@ import zarr
 
 from icechunk_coop import METADATA_KEY, ConfigurationError, CoopError, icechunk_storage
 from icechunk_coop.cli._run_local import run_local
+from icechunk_coop.cli._words import describe_exit, plural
 
 __all__ = ["cmd_demo", "demo"]
 
@@ -34,20 +35,35 @@ def _example_script() -> Path:
 
 
 def _demo_phase(
-    title: str, argv: list[str], *, workers: int, job_name: str, env: Mapping[str, str]
+    title: str,
+    argv: list[str],
+    *,
+    workers: int,
+    job_name: str,
+    env: Mapping[str, str],
+    log_level: str | None,
 ) -> float:
-    print(f"\n=== {title}: {workers} workers, job {job_name} ===", flush=True)
+    print(f"\n=== {title}: {plural(workers, 'worker')}, job {job_name} ===", flush=True)
     started = time.monotonic()
-    codes = run_local(argv, workers=workers, job_name=job_name, extra_env=env)
+    result = run_local(
+        argv,
+        workers=workers,
+        job_name=job_name,
+        extra_env=env,
+        log_level=log_level,
+        quiet=log_level in {"WARNING", "ERROR"},
+    )
     seconds = time.monotonic() - started
-    failed = [i for i, c in codes.items() if c != 0]
-    if failed:
-        raise CoopError(f"demo: {title} failed in worker(s) {failed}; see the output above")
+    if result.outcome == "interrupted":
+        raise KeyboardInterrupt
+    if result.exit_code != 0:
+        failed = "; ".join(f"worker {i} {describe_exit(result.codes[i])}" for i in result.failed)
+        raise CoopError(f"demo: {title} failed: {failed or result.outcome}; see the output above")
     print(f"=== {title} done in {seconds:.1f}s ===", flush=True)
     return seconds
 
 
-def demo(directory: Path, workers: int) -> int:
+def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
     """Backfill, then update, the example dataset with local workers; report."""
     icechunk.set_logs_filter("error")  # local files warn about concurrency we do not do
     script = _example_script()
@@ -65,6 +81,7 @@ def demo(directory: Path, workers: int) -> int:
         workers=workers,
         job_name="demo-backfill",
         env=env,
+        log_level=log_level,
     )
     # A CronJob-style name: the scheduled time (minutes since the epoch) is the job start.
     start = datetime(2025, 1, 5, 1, 20, tzinfo=UTC)
@@ -75,11 +92,12 @@ def demo(directory: Path, workers: int) -> int:
         workers=workers,
         job_name=cron_job,
         env={**env, "CRONJOB_NAME": "demo-update"},
+        log_level=log_level,
     )
     _print_history(repo)
     print(f"\nData: primary {repo}\n      replica {replica}\n      rendezvous {rendezvous}")
     print(
-        'Open it: python -c "import icechunk, xarray as xr; '
+        'Open it: uv run python -c "import icechunk, xarray as xr; '
         f"r = icechunk.Repository.open(icechunk.local_filesystem_storage('{repo}')); "
         "print(xr.open_zarr(r.readonly_session('main').store, consolidated=False))\""
     )
@@ -93,7 +111,7 @@ def _print_history(repo_url: Path) -> None:
         meta = (info.metadata or {}).get(METADATA_KEY) or {}
         written = meta.get("written", {})
         chunks = sum(written.get("chunks", {}).values())
-        extra = f"; {meta['workers']} workers, {chunks} chunks" if meta else ""
+        extra = f"; {plural(meta['workers'], 'worker')}, {plural(chunks, 'chunk')}" if meta else ""
         print(f"  {info.id}  {info.written_at:%H:%M:%S}  {info.message}{extra}")
     root = zarr.open_group(repo.readonly_session("main").store, mode="r")
     print("\nArrays on main:")
@@ -104,4 +122,4 @@ def _print_history(repo_url: Path) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else Path(tempfile.gettempdir()) / "icechunk-coop-demo"
-    return demo(directory, args.workers)
+    return demo(directory, args.workers, log_level=args.log_level)

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 import icechunk
@@ -17,6 +17,8 @@ from icechunk_coop import (
     ConfigurationError,
     JobListing,
     JobStatus,
+    MissingLocationError,
+    StorageUnreachableError,
     delete_temporary_branches,
     find_jobs,
     icechunk_storage,
@@ -106,12 +108,15 @@ def _show_job(url: str, listing: JobListing, workers: int | None, out: IO[str]) 
 
 
 def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
-    """Print the jobs under ``url``, or one job's workers, as a table.
+    """Print the jobs under ``url``, or one job's workers, as a table; returns the exit code.
 
     ``job`` is a job id (``name-uid``) or a job's name, which finds the
-    ids ``<name>-...``; when it finds several they are listed instead. The
-    worker total is ``workers`` if given, else the committed marker's, else
-    the setup's (with ``ICECHUNK_COOP_SECRET`` set), else inferred.
+    ids ``<name>-...``; when it finds several they are listed instead (exit
+    code 2: say which). The worker total is ``workers`` if given, else the
+    committed marker's, else the setup's (with ``ICECHUNK_COOP_SECRET``
+    set), else inferred. A job that is not there: 1. A bucket that does not
+    exist raises ``MissingLocationError``, storage that does not answer
+    ``StorageUnreachableError``.
     """
     jobs = list_jobs(url)
     if job is None:
@@ -127,13 +132,34 @@ def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
     if len(matches) > 1:
         out.write(f"job {job!r} matches {len(matches)} jobs at {url}; pass one to --job:\n")
         _jobs_table({m: jobs[m] for m in matches}, out)
-        return 1
+        return 2
     _show_job(url, jobs[matches[0]], workers, out)
     return 0
 
 
+def _storage_errors(command: str, run: Callable[[], int]) -> int:
+    """``run``, with a missing bucket (2) or silent storage (1) said in one line naming the URL."""
+    try:
+        return run()
+    except MissingLocationError as exc:
+        detail = f" ({exc.detail})" if exc.detail else ""
+        print(
+            f"icechunk-coop {command}: {exc.role} at {exc.url} does not exist or cannot be "
+            f"read{detail}; check the URL",
+            file=sys.stderr,
+        )
+        return 2
+    except StorageUnreachableError as exc:
+        print(
+            f"icechunk-coop {command}: cannot reach the storage at {exc.url}: {exc.detail}; "
+            "check the endpoint (AWS_ENDPOINT_URL), the network and the credentials",
+            file=sys.stderr,
+        )
+        return 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    return status(args.url, args.job, args.workers, sys.stdout)
+    return _storage_errors("status", lambda: status(args.url, args.job, args.workers, sys.stdout))
 
 
 def parse_age(text: str) -> float:
@@ -144,26 +170,24 @@ def parse_age(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def clean(
-    url: str,
-    *,
-    job: str | None,
-    older_than: float | None,
-    repos: Sequence[str],
-    out: IO[str],
-) -> list[str]:
-    """Remove rendezvous namespaces (and their temporary branches in ``repos``).
+def _open_repos(repos: Sequence[str]) -> dict[str, icechunk.Repository]:
+    opened = {}
+    for url in repos:
+        try:
+            opened[url] = icechunk.Repository.open(icechunk_storage(url))
+        except icechunk.IcechunkError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigurationError(f"--repo {url}: cannot open the repository: {first}") from exc
+    return opened
 
-    ``job`` (an id, or a name matching one id ``<name>-...`` in the
-    rendezvous or among the repos' temporary branches) removes that job;
-    ``older_than`` every job idle that long, and in ``repos`` the temporary
-    branches of every job not left in the rendezvous. Returns the job ids
-    whose namespace was removed.
-    """
+
+def _clean(
+    url: str, *, job: str | None, older_than: float | None, repos: Sequence[str], out: IO[str]
+) -> tuple[list[str], list[str]]:
     if (job is None) == (older_than is None):
         raise ConfigurationError("give exactly one of --job NAME or --older-than AGE")
     jobs = list_jobs(url)
-    opened = {r: icechunk.Repository.open(icechunk_storage(r)) for r in repos}
+    opened = _open_repos(repos)
     branches = {r: set(temporary_branches(repo)) for r, repo in opened.items()}
     if job is not None:
         matches = find_jobs(set(jobs).union(*branches.values()), job)
@@ -180,17 +204,47 @@ def clean(
         assert older_than is not None
         cutoff = time.time() - older_than
         chosen = sorted(j for j, listing in jobs.items() if (listing.newest or 0) < cutoff)
+        if not chosen:
+            out.write(f"no job at {url} has been idle that long\n")
         live = set(jobs) - set(chosen)
         doomed = {r: found - live for r, found in branches.items()}
     for job_id in chosen:
         out.write(f"removed {remove_job(url, job_id)}\n")
+    deleted = []
     for repo_url, repo in opened.items():
         for branch in delete_temporary_branches(repo, doomed[repo_url]):
             out.write(f"deleted branch {branch} in {repo_url}\n")
-    return chosen
+            deleted.append(branch)
+    return chosen, deleted
+
+
+def clean(
+    url: str,
+    *,
+    job: str | None,
+    older_than: float | None,
+    repos: Sequence[str],
+    out: IO[str],
+) -> list[str]:
+    """Remove rendezvous namespaces (and their temporary branches in ``repos``).
+
+    ``job`` (an id, or a name matching one id ``<name>-...`` in the
+    rendezvous or among the repos' temporary branches) removes that job;
+    ``older_than`` every job idle that long, and in ``repos`` the temporary
+    branches of every job not left in the rendezvous. Returns the job ids
+    whose namespace was removed. Raises like ``status``.
+    """
+    return _clean(url, job=job, older_than=older_than, repos=repos, out=out)[0]
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    """Exit codes as ``status``: 0 done, 1 no such job (or no answer), 2 a missing bucket."""
     older = parse_age(args.older_than) if args.older_than else None
-    clean(args.url, job=args.job, older_than=older, repos=args.repo, out=sys.stdout)
-    return 0
+
+    def run() -> int:
+        removed, deleted = _clean(
+            args.url, job=args.job, older_than=older, repos=args.repo, out=sys.stdout
+        )
+        return 1 if args.job is not None and not removed and not deleted else 0
+
+    return _storage_errors("clean", run)

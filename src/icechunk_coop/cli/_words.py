@@ -1,0 +1,38 @@
+"""Words that read right: plurals, lists of indexes, how a process ended."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterable
+
+__all__ = ["describe_exit", "listing", "plural", "workers"]
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 worker``, ``2 workers`` (``many`` for irregular plurals)."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def listing(items: Iterable[object]) -> str:
+    """``0``, ``0 and 2``, ``0, 2 and 3``."""
+    words = [str(item) for item in items]
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def workers(indexes: Iterable[int]) -> str:
+    """``worker 1``, ``workers 0 and 2``."""
+    found = sorted(indexes)
+    return f"{'worker' if len(found) == 1 else 'workers'} {listing(found)}"
+
+
+def describe_exit(code: int) -> str:
+    """How a process ended, from ``Popen.returncode``: ``exited with 3``, ``killed by SIGKILL``."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}"
