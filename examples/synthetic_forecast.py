@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -277,8 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # run-local passes its -v / -q on as ICECHUNK_COOP_LOG_LEVEL (DEBUG, INFO, WARNING).
+    level = os.environ.get("ICECHUNK_COOP_LOG_LEVEL", "INFO").upper()
     for name in ("icechunk_coop", "synthetic_forecast"):
-        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(level)
     dataset = SyntheticForecast(
         repo_url=args.repo,
         replica_urls=args.replica,

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
     MissingLocationError,
+    StorageUnreachableError,
     WorkerFailedError,
     WorkerIdentity,
     icechunk_storage,
 )
-from icechunk_coop.testing import LocalS3
+from icechunk_coop.testing import LocalS3, free_port
 
 SECRET = "locations-secret-0123456789abcdef"
 
@@ -49,3 +52,15 @@ def test_a_repository_in_a_missing_bucket_is_refused_and_stops_the_others(
     # Worker 0 left a marker on the setup: the others stop at once, naming why.
     with pytest.raises(WorkerFailedError, match="no-such-repo-bucket"):
         job(1, **urls).run(work=lambda stores: None, message="m")
+
+
+def test_an_unreachable_endpoint_is_a_clear_retryable_error_naming_it(
+    s3_env: LocalS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    worker = job(1, rendezvous="s3://some-bucket/rv", repo="s3://some-bucket/repo")
+    with pytest.raises(StorageUnreachableError, match=re.escape(dead)) as info:
+        worker.run(work=lambda stores: None, message="m")
+    assert info.value.retryable
+    assert "s3://some-bucket/rv" in str(info.value)

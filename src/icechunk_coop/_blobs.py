@@ -31,7 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from icechunk_coop._errors import MissingLocationError, StorageUnreachableError
-from icechunk_coop._locations import TMP_MARK, check_name, filesystem
+from icechunk_coop._locations import TMP_MARK, check_name, filesystem, protocol_of
 
 __all__ = ["BlobStore", "RequestCounter"]
 
@@ -193,8 +193,18 @@ class BlobStore:
             return
         bucket = self._root.split("/", 1)[0]
         self.requests.add("get")
+        # A probe of its own with few retries and short timeouts: a dead endpoint
+        # is reported in seconds, not after the minute botocore's ten attempts take.
+        probe_options = dict(self.storage_options)
+        if protocol_of(self.url) in {"s3", "s3a"}:
+            probe_options.setdefault(
+                "config_kwargs",
+                {"retries": {"total_max_attempts": 2, "mode": "standard"},
+                 "connect_timeout": 5, "read_timeout": 20},
+            )  # fmt: skip
+        probe, _ = filesystem(self.url, probe_options)
         try:
-            self._fs.info(bucket)
+            probe.info(bucket)
         except FileNotFoundError as exc:
             raise MissingLocationError(
                 url=self.url, role="the rendezvous bucket", detail=str(exc)[:200]
@@ -203,5 +213,5 @@ class BlobStore:
             raise MissingLocationError(
                 url=self.url, role="the rendezvous bucket", detail=f"access denied ({exc})"
             ) from exc
-        except OSError as exc:
+        except Exception as exc:  # botocore's connection errors are not OSErrors
             raise StorageUnreachableError(url=self.url, detail=str(exc)[:300]) from exc

@@ -128,6 +128,8 @@ def failure_markers(ctx: JobContext) -> Iterator[_Markers]:
     except Exception as exc:
         text = summary(exc)
         log.error("%s failed: %s", ctx.where, text)
+        if getattr(exc, "url", None) == ctx.meeting.url:
+            raise  # the meeting point itself is missing or unreachable: nowhere to tell
         try:
             ctx.meeting.mark_failed(result_name(ctx.identity.worker_index), text)
             if ctx.identity.is_first and not state.setup_published:
