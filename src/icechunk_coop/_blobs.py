@@ -18,11 +18,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -59,6 +60,34 @@ class RequestCounter:
         return sum(self.counts.values())
 
 
+_PASS_THROUGH = (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
+_TRANSPORT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "google")
+
+
+def _transport_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
+    """Turn what outlasts the client's retries (a reset, a dead endpoint) into our error.
+
+    botocore's connection errors are not ``OSError``s; left raw they end a
+    worker with a traceback that names neither the job nor what to do.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            transport = type(exc).__module__.startswith(_TRANSPORT_MODULES)
+            if not (transport or isinstance(exc, ConnectionError | TimeoutError)):
+                raise
+            store = args[0]
+            assert isinstance(store, BlobStore)
+            raise StorageUnreachableError(url=store.url, detail=str(exc)[:300]) from exc
+
+    return wrapper
+
+
 @attrs.frozen(kw_only=True)
 class BlobStore:
     """The blobs under ``url``, as bytes: get, put, put-if-absent, delete, list."""
@@ -81,6 +110,7 @@ class BlobStore:
         self._fs.invalidate_cache(path)
         self._fs.invalidate_cache(self._root)
 
+    @_transport_errors
     def get(self, name: str) -> bytes | None:
         path = self._path(name)
         self._fresh(path)
@@ -91,6 +121,7 @@ class BlobStore:
             return None
         return data
 
+    @_transport_errors
     def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
         """The blobs of ``names`` that exist, fetched concurrently (bounded) where the backend can.
 
@@ -117,6 +148,7 @@ class BlobStore:
             os.fsync(f.fileno())
         return tmp
 
+    @_transport_errors
     def put(self, name: str, data: bytes) -> None:
         path = self._path(name)
         self.requests.add("put")
@@ -125,6 +157,7 @@ class BlobStore:
         else:
             self._fs.pipe_file(path, data)
 
+    @_transport_errors
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Store ``data`` unless the name exists; True if ours is what is stored."""
         path = self._path(name)
@@ -148,6 +181,7 @@ class BlobStore:
             return self.get(name) == data
         return True
 
+    @_transport_errors
     def delete(self, name: str) -> None:
         path = self._path(name)
         self.requests.add("delete")
@@ -155,6 +189,7 @@ class BlobStore:
             self._fs.rm_file(path)
         self._fs.invalidate_cache(path)
 
+    @_transport_errors
     def names(self) -> set[str]:
         """Names of the blobs present now (failure markers included), from one listing."""
         self._fresh(self._root)

@@ -15,6 +15,16 @@ it from competing for the GIL with busy workers::
 :func:`serve` is the general piece: start any server process and wait until
 it answers HTTP, with a deadline, stopping it on the way out.
 
+:func:`fault_proxy` puts a fault-injecting proxy (its own process) in front
+of such a server: 503 SlowDown, 500, connection resets, slow replies and
+writes that land but whose reply is lost, each at a rate you set and can
+change while it runs. Point workers at ``proxy.env`` instead of ``s3.env``::
+
+    with local_s3() as s3, fault_proxy(s3.endpoint_url, slowdown=0.05, reset=0.05) as proxy:
+        env = {**os.environ, **proxy.env}
+        ...
+        proxy.counts()  # {"requests": ..., "slowdown": ..., "reset": ..., ...}
+
 For the jobs themselves: :func:`run_in_process` runs every worker of a job
 one after another in this process (fork/merge does not care which process a
 fork lived in); :func:`start_workers` starts them as real processes with an
@@ -28,6 +38,7 @@ raises :class:`Killed`, a pod dying), and the environment variable
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -38,7 +49,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 import s3fs
@@ -60,10 +71,12 @@ __all__ = [
     "CRASH_EXIT_CODE",
     "CRASH_POINTS",
     "LOOPBACK",
+    "FaultProxy",
     "Killed",
     "LocalS3",
     "at_crash_point",
     "crash_point",
+    "fault_proxy",
     "free_port",
     "indexed_job_env",
     "job_commits",
@@ -189,6 +202,150 @@ def local_s3(*, port: int | None = None, timeout: float = 30.0) -> Iterator[Loca
         timeout=timeout,
     ):
         yield s3
+
+
+# ---- faults ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class FaultProxy(LocalS3):
+    """A running fault proxy: an S3 endpoint (like :class:`LocalS3`) that misbehaves on purpose.
+
+    ``endpoint_url`` and ``env`` point clients at the proxy; ``upstream_url``
+    is the server behind it (go there directly to check what really landed).
+    Rates are fractions of requests (``lose_reply``: of writes); one request
+    gets at most one of ``reset``, ``slowdown``, ``error500``, ``lose_reply``
+    (they add up to at most 1) and, independently, a ``delay``:
+
+    - ``reset``: the connection is reset before the request is forwarded (a
+      dropped connection; nothing reached storage);
+    - ``slowdown``: ``503 SlowDown`` with S3's XML error body (S3 throttling);
+    - ``error500``: ``500 InternalError`` (a transient S3 failure);
+    - ``lose_reply``: a PUT/POST/DELETE is forwarded and lands, then the
+      connection is reset instead of answering (a lost response: the
+      client's retry meets its own write);
+    - ``delay`` with ``delay_ms``: the reply is held that long after storage
+      answered (a slow store; a client that times out first sees a lost reply).
+
+    ``budget`` and ``match`` aim faults at one request (``set_rates(lose_reply=1,
+    budget=1, match=r"/repo$")`` loses the reply of the next branch update of an
+    icechunk 2 repository); ``seed`` makes the sequence of faults reproducible
+    for requests that arrive in the same order. The proxy holds each request
+    whole before forwarding it, so it suits small objects (not multi-GB bodies).
+    """
+
+    upstream_url: str
+
+    def _control(self, path: str, payload: Mapping[str, object] | None = None) -> object:
+        data = None if payload is None else json.dumps(dict(payload)).encode()
+        request = urllib.request.Request(  # noqa: S310 - a loopback URL of ours
+            f"{self.endpoint_url}/_faults/{path}",
+            data=data,
+            method="GET" if data is None else "POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise ValueError(f"the fault proxy refused {path}: {detail}") from exc
+
+    def counts(self) -> dict[str, int]:
+        """Requests seen, forwarded, and faults injected by kind, since the proxy started."""
+        counts = self._control("counts")
+        assert isinstance(counts, dict)
+        return {str(k): int(v) for k, v in counts.items()}
+
+    def rates(self) -> dict[str, Any]:
+        """The settings in force now: every rate, ``delay_ms``, ``budget`` and ``match``."""
+        rates = self._control("rates")
+        assert isinstance(rates, dict)
+        return {str(k): v for k, v in rates.items()}
+
+    def set_rates(self, **changes: float | int | str | None) -> dict[str, Any]:
+        """Change some settings for later requests; the others keep their value.
+
+        Rates: ``reset``, ``slowdown``, ``error500``, ``lose_reply``, ``delay``
+        (with ``delay_ms``). Aiming: ``seed`` restarts the random sequence;
+        ``budget=n`` lets only the next ``n`` requests be hit (``None``: no
+        limit); ``match="/refs/"`` hits only requests whose path that regular
+        expression finds (``None``: every request). Returns the settings in
+        force; ValueError (with the proxy's reason) if one is refused.
+        """
+        got = self._control("rates", changes)
+        assert isinstance(got, dict)
+        return {str(k): v for k, v in got.items()}
+
+    def clear(self) -> dict[str, Any]:
+        """Every rate back to 0, no budget, no match: the proxy forwards everything."""
+        return self.set_rates(
+            reset=0,
+            slowdown=0,
+            error500=0,
+            lose_reply=0,
+            delay=0,
+            delay_ms=0,
+            budget=None,
+            match=None,
+        )
+
+    def lost_writes(self) -> list[tuple[str, str, int]]:
+        """``(method, path, upstream status)`` of every write whose reply was dropped."""
+        lost = self._control("lost")
+        assert isinstance(lost, list)
+        return [(str(m), str(p), int(s)) for m, p, s in lost]
+
+
+@contextlib.contextmanager
+def fault_proxy(
+    upstream_url: str,
+    *,
+    reset: float = 0.0,
+    slowdown: float = 0.0,
+    error500: float = 0.0,
+    lose_reply: float = 0.0,
+    delay: float = 0.0,
+    delay_ms: float = 0.0,
+    seed: int | None = None,
+    port: int | None = None,
+    timeout: float = 30.0,
+) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of ``upstream_url``, in its own process, for the block.
+
+    See :class:`FaultProxy` for what each rate imitates; change them while it
+    runs with :meth:`FaultProxy.set_rates`. The proxy runs ``python -m
+    icechunk_coop._faults`` on a loopback port; the control endpoints live
+    under ``/_faults/`` (no bucket name can start with ``_``).
+    """
+    port = port or free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "icechunk_coop._faults",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream_url,
+        "--reset",
+        str(reset),
+        "--slowdown",
+        str(slowdown),
+        "--error500",
+        str(error500),
+        "--lose-reply",
+        str(lose_reply),
+        "--delay-rate",
+        str(delay),
+        "--delay-ms",
+        str(delay_ms),
+    ]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    proxy = FaultProxy(endpoint_url=f"http://{LOOPBACK}:{port}", upstream_url=upstream_url)
+    ready = f"{proxy.endpoint_url}/_faults/rates"
+    with serve(argv, ready_url=ready, name="fault proxy", timeout=timeout):
+        yield proxy
 
 
 # ---- jobs -------------------------------------------------------------------------------
