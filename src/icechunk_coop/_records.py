@@ -21,6 +21,7 @@ the CLI all spell them the same way::
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
@@ -108,18 +109,20 @@ def check_format(wire: object, expected: str, location: str) -> Mapping[str, Any
     return wire
 
 
-class Record:
+class Record(abc.ABC):
     """What every record shares: its format tag and how it travels."""
 
     FORMAT: ClassVar[str]
     CONTENT: ClassVar[Content]
 
+    @abc.abstractmethod
     def to_wire(self) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover - every record defines it
+        """The plain dict this record travels as (with its format tag)."""
 
     @classmethod
+    @abc.abstractmethod
     def from_wire(cls, wire: object, location: str) -> Self:
-        raise NotImplementedError  # pragma: no cover - every record defines it
+        """The record a wire dict holds; anything else is refused, naming ``location``."""
 
 
 @attrs.frozen(kw_only=True)
