@@ -245,8 +245,8 @@ def test_storage_unreachable_says_what_to_check() -> None:
     error = StorageUnreachableError(url="http://minio:9000/b", detail="connection refused")
     assert str(error) == (
         "cannot reach the storage at http://minio:9000/b: connection refused. Check the "
-        "endpoint (AWS_ENDPOINT_URL), the network and the credentials; the worker can be "
-        "retried once it answers."
+        "endpoint (AWS_ENDPOINT_URL), the network, the credentials and the store's error "
+        "rate; the worker can be retried once it answers."
     )
     assert error.retryable
 

@@ -27,7 +27,7 @@ import pytest
 import s3fs
 import zarr
 
-from icechunk_coop import CoopError, icechunk_storage
+from icechunk_coop import CoopError, StorageUnreachableError, icechunk_storage
 from icechunk_coop._blobs import BlobStore
 from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy, job_commits, start_workers
 
@@ -38,6 +38,16 @@ ROWS = 16  # coop_worker's rows per job
 # 2% of writes lose their reply after landing; 5% wait 200 ms on top.
 MIXED_10 = {"reset": 0.03, "slowdown": 0.03, "error500": 0.02, "lose_reply": 0.02}
 MIXED_DELAY = {"delay": 0.05, "delay_ms": 200}
+
+# Above the rate where jobs stop completing (``docs/faults.md``), every worker must stop
+# with an error that says what happened. With the clients' default retry budgets a
+# failing request takes minutes to give up (botocore: 10 attempts, backoff to 20 s,
+# under s3fs's 5 rounds; icechunk: 10 tries, backoff from 100 ms), whatever the
+# job's deadline: so this job's workers are coop_worker with tighter budgets, set
+# the way a user with a short deadline would (``TIGHT_*``, through the public
+# ``storage_options`` and ``IcechunkTarget.config``).
+TIGHT_BOTOCORE = {"retries": {"total_max_attempts": 3, "mode": "standard"}}
+TIGHT_ICECHUNK = {"max_tries": 3, "initial_backoff_ms": 50, "max_backoff_ms": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +205,46 @@ def test_s3fs_retries_through_mixed_faults(proxy: FaultProxy, s3_bucket: str) ->
     ]
     faults = grew(before, proxy.counts())
     assert faults.get("reset", 0) + faults.get("slowdown", 0) + faults.get("error500", 0) > 0
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["reset", "slowdown", "error500"],
+)
+def test_rendezvous_storage_errors_that_outlast_the_retries_are_coop_errors(
+    proxy: FaultProxy, s3_bucket: str, s3_env: LocalS3, kind: str
+) -> None:
+    """A reset, a SlowDown or a 500 that outlasts the retries is StorageUnreachableError.
+
+    s3fs turns the last 503 SlowDown / 500 into a bare ``OSError`` (errno 16 /
+    121); left raw, a worker would end with a traceback naming neither the job
+    nor the store.
+    """
+    blobs = BlobStore(
+        url=f"s3://{s3_bucket}/rendezvous",
+        # No botocore retries: s3fs's own (5 short rounds for resets and SlowDown) remain.
+        storage_options={
+            "endpoint_url": proxy.endpoint_url,
+            "config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}},
+        },
+    )
+    proxy.set_rates(**{kind: 1.0})
+    operations = {  # a waiter's probe, a publication, a listing
+        "get": lambda: blobs.get("setup"),
+        "put_if_absent": lambda: blobs.put_if_absent("setup", b"x"),
+        "names": blobs.names,
+    }
+    escaped = {}
+    for name, operation in operations.items():
+        try:
+            operation()
+        except StorageUnreachableError:
+            continue
+        except Exception as exc:
+            escaped[name] = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"[:200]
+        else:
+            escaped[name] = "no error at all"
+    assert escaped == {}
 
 
 def test_put_if_absent_after_a_lost_reply_knows_the_write_was_its_own(
@@ -366,15 +416,6 @@ def test_a_job_completes_through_mixed_faults_and_readers_never_see_it_torn(
     assert {rows for _, rows, _ in reader.seen} <= {ROWS, 2 * ROWS}
 
 
-# Above the rate where jobs stop completing (``docs/faults.md``), every worker must stop
-# with an error that says what happened. With the clients' default retry budgets a
-# failing request takes minutes to give up (botocore: 10 attempts, backoff to 20 s,
-# under s3fs's 5 rounds; icechunk: 10 tries, backoff from 100 ms), whatever the
-# job's deadline: so this job's workers are coop_worker with tighter budgets, set
-# the way a user with a short deadline would (``TIGHT_*`` below, through the public
-# ``storage_options`` and ``IcechunkTarget.config``).
-TIGHT_BOTOCORE = {"retries": {"total_max_attempts": 3, "mode": "standard"}}
-TIGHT_ICECHUNK = {"max_tries": 3, "initial_backoff_ms": 50, "max_backoff_ms": 1000}
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): ", re.MULTILINE)
 
 

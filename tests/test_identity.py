@@ -744,6 +744,34 @@ def test_unsafe_names(extra: dict[str, str], needle: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "\u2024\u2024",  # two ONE DOT LEADERs: looks like ".."
+        "a\u2215b",  # DIVISION SLASH
+        "a\uff0fb",  # FULLWIDTH SOLIDUS
+        "a\u29f8b",  # BIG SOLIDUS
+        "\uff4aob",  # FULLWIDTH j
+        "j\u043eb",  # Cyrillic o
+        "job\u200b",  # ZERO WIDTH SPACE
+        "job\u202e",  # RIGHT-TO-LEFT OVERRIDE
+        "jo\u0301b",  # a combining accent
+        "job\x00",
+    ],
+)
+def test_unicode_look_alikes_are_refused(name: str) -> None:
+    """Only ASCII letters, digits, '.', '_' and '-': a name that looks safe but is not is refused.
+
+    Some object stores and tools normalise Unicode (NFKC turns FULLWIDTH SOLIDUS
+    into "/" and ONE DOT LEADERs into ".."), so a look-alike could escape the
+    job's folder after the check.
+    """
+    with pytest.raises(IdentityError, match=m(f"JOB_NAME={name!r}", "path segment")):
+        WorkerIdentity.from_env({"WORKER_INDEX": "0", "WORKERS_TOTAL": "1", "JOB_NAME": name})
+    with pytest.raises(IdentityError, match=m(f"job_name={name!r}", "path segment")):
+        WorkerIdentity(worker_index=0, workers_total=1, job_name=name, job_uid="u")
+
+
+@pytest.mark.parametrize(
     ("env", "needle"),
     [
         (

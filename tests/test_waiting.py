@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from icechunk_coop import WaitPolicy
@@ -50,3 +52,31 @@ def test_bad_policies_are_refused_by_name(field: str, value: float) -> None:
 def test_shrinking_waits_are_refused() -> None:
     with pytest.raises(ValueError, match="multiplier"):
         WaitPolicy(multiplier=0.5)
+
+
+def test_a_probe_still_running_at_the_deadline_ends_the_wait_then() -> None:
+    """A store retrying inside its client must not stretch a wait past its deadline."""
+    release = threading.Event()
+    probes: list[str] = []
+
+    def stuck() -> None:
+        probes.append("started")
+        release.wait(60)  # a read inside botocore's retries
+        probes.append("returned")
+
+    with pytest.raises(TimeoutError, match="waited"):
+        poll_until(
+            stuck,
+            WaitPolicy(timeout=0.5, initial_interval=0.1, max_interval=0.2),
+            lambda waited: TimeoutError(f"waited {waited:.1f}s"),
+        )
+    assert probes == ["started"]  # the wait ended while the probe still ran
+    release.set()
+
+
+def test_what_a_probe_raises_reaches_the_waiter() -> None:
+    def failing() -> None:
+        raise LookupError("worker 2 failed")
+
+    with pytest.raises(LookupError, match="worker 2"):
+        poll_until(failing, WaitPolicy(timeout=5), lambda waited: TimeoutError())

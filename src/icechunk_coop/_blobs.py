@@ -68,7 +68,10 @@ def _transport_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
     """Turn what outlasts the client's retries (a reset, a dead endpoint) into our error.
 
     botocore's connection errors are not ``OSError``s; left raw they end a
-    worker with a traceback that names neither the job nor what to do.
+    worker with a traceback that names neither the job nor what to do. And
+    s3fs turns a final 500 or 503 SlowDown into a bare ``OSError`` (errno 121
+    or 16), so any ``OSError`` but the four that mean "not there", "already
+    there", "a folder" and "not allowed" is the store failing too.
     """
 
     @functools.wraps(method)
@@ -79,7 +82,7 @@ def _transport_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
             raise
         except Exception as exc:
             transport = type(exc).__module__.startswith(_TRANSPORT_MODULES)
-            if not (transport or isinstance(exc, ConnectionError | TimeoutError)):
+            if not (transport or isinstance(exc, OSError)):
                 raise
             store = args[0]
             assert isinstance(store, BlobStore)

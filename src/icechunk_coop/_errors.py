@@ -263,7 +263,11 @@ class ForeignResultError(RetryableError):
 
 
 class StorageUnreachableError(RetryableError):
-    """The object store did not answer (endpoint, network, credentials); it may later."""
+    """The object store did not answer, or kept failing past the retries; it may later.
+
+    Endpoint, network, credentials, or throttling (503 SlowDown) and 500s that
+    outlasted the client's retries.
+    """
 
     kind: ClassVar[str] = "storage-unreachable"
 
@@ -272,8 +276,8 @@ class StorageUnreachableError(RetryableError):
         self.detail: Final = detail
         super().__init__(
             f"cannot reach the storage at {url}: {detail}. Check the endpoint "
-            "(AWS_ENDPOINT_URL), the network and the credentials; the worker can be "
-            "retried once it answers."
+            "(AWS_ENDPOINT_URL), the network, the credentials and the store's error "
+            "rate; the worker can be retried once it answers."
         )
 
 

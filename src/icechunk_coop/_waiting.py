@@ -5,12 +5,15 @@ hour is 3.6 M requests, and S3 answers a burst with 503 SlowDown. So polls
 start fast (a blob that is already there costs one probe), back off
 geometrically with jitter up to ``max_interval``, and every wait has a
 deadline. tenacity's ``stop_before_delay`` keeps the deadline honest (it does
-not overshoot by one more sleep).
+not overshoot by one more sleep), and each probe gets only what is left of it:
+one probe inside the storage client's own retries (botocore, s3fs) can last
+minutes against a failing store.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -91,15 +94,48 @@ class WaitPolicy:
             )
 
 
+class _OverranError(Exception):
+    """A probe still ran when the deadline passed."""
+
+
+def _within[T](probe: Callable[[], T], seconds: float) -> T:
+    """``probe()``, or :class:`_OverranError` once ``seconds`` pass.
+
+    The probe runs on a daemon thread, left to finish on its own when it
+    overruns: a blocking read cannot be cancelled, and the wait's caller is
+    about to stop with an error anyway.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(probe())
+        except BaseException as exc:  # handed to the waiting thread as is
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="icechunk-coop-probe", daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0.0))
+    if thread.is_alive():
+        raise _OverranError
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def poll_until[T](
     probe: Callable[[], T | None], policy: WaitPolicy, on_timeout: Callable[[float], Exception]
 ) -> T:
     """Call ``probe`` until it returns something other than None.
 
     ``probe`` may raise to stop the wait early (a failure marker was seen).
-    When the deadline passes, ``on_timeout(seconds_waited)`` builds the error.
+    When the deadline passes, ``on_timeout(seconds_waited)`` builds the error,
+    also when a probe is still running then (a store retrying a failing
+    request inside its client).
     """
     started = time.monotonic()
+    deadline = started + policy.timeout
     # "Equal jitter": half of each pause grows geometrically, the other half is
     # random on top. Workers that started together drift apart, yet a long
     # wait still polls about every 0.75 * max_interval, not every 0.5 * (as
@@ -118,8 +154,8 @@ def poll_until[T](
         reraise=True,
     )
     try:
-        result = retrying(probe)
-    except tenacity.RetryError:
+        result = retrying(lambda: _within(probe, deadline - time.monotonic()))
+    except (tenacity.RetryError, _OverranError):
         raise on_timeout(time.monotonic() - started) from None
     assert result is not None
     return result
