@@ -10,7 +10,8 @@ Fault injection (for restart tests), by environment:
 ``COOP_TEST_DIE_IN_WORK=1``: hard exit after writing half the rows;
 ``COOP_TEST_RAISE_IN_WORK=1``: raise (a clean failure, marker published);
 ``ICECHUNK_COOP_CRASH_AT=<point>``: the package's own crash points (e.g.
-``between-commits``: hard exit after the first target moved);
+``between-commits``: hard exit after the first target moved; ``mid-work``:
+half way through this worker's rows);
 ``COOP_TEST_SLEEP_IN_WORK=S``: sleep S seconds in work (a slow worker);
 ``COOP_TEST_NO_WRITE=1``: the job appends nothing and writes nothing;
 ``COOP_TEST_REWRITE_ROW=R``: the last worker also rewrites existing row R.
@@ -37,6 +38,7 @@ from icechunk_coop import (
     ZarrTarget,
     icechunk_storage,
 )
+from icechunk_coop.testing import crash_point
 
 COLS = 8
 ROWS_PER_JOB = 16
@@ -112,9 +114,11 @@ def main() -> int:
             temp = zarr.open_array(store, path="temp", mode="r+")
             tcoord = zarr.open_array(store, path="time", mode="r+")
             for n, row in enumerate(rows):
-                if os.environ.get("COOP_TEST_DIE_IN_WORK") and n == max(1, len(rows) // 2):
-                    print("DYING in work", flush=True)
-                    os._exit(9)
+                if n == max(1, len(rows) // 2):
+                    if os.environ.get("COOP_TEST_DIE_IN_WORK"):
+                        print("DYING in work", flush=True)
+                        os._exit(9)
+                    crash_point("mid-work")  # ICECHUNK_COOP_CRASH_AT=mid-work
                 temp[row, :] = values(range(row, row + 1))[0]
                 tcoord[row] = row
         rewrite = os.environ.get("COOP_TEST_REWRITE_ROW")
