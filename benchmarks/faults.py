@@ -27,10 +27,8 @@ are noise; the completion counts are the result.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import re
 import statistics
 import sys
 import threading
@@ -40,11 +38,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
 import icechunk
 import numpy as np
 import zarr
 
-from icechunk_coop import CoopError, icechunk_storage
+from icechunk_coop import icechunk_storage
 from icechunk_coop.testing import (
     FaultProxy,
     LocalS3,
@@ -53,8 +54,8 @@ from icechunk_coop.testing import (
     local_s3,
     start_workers,
 )
+from schedules import expected_temp, final_error, is_clear
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKERS = {
     "default": ROOT / "tests" / "coop_worker.py",
     "tight": ROOT / "tests" / "test_faults.py",  # coop_worker with tighter retry budgets
@@ -62,7 +63,6 @@ WORKERS = {
 SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a local test secret
 ROWS = 16
 EXCLUSIVE = ("reset", "slowdown", "error500", "lose_reply")
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): ", re.MULTILINE)
 
 
 def rates_for(mix: str, rate: float) -> dict[str, float]:
@@ -78,27 +78,12 @@ def rates_for(mix: str, rate: float) -> dict[str, float]:
     return {mix: rate}
 
 
-def final_error(out: str) -> str:
-    """``clear`` or ``raw <class>`` (or ``none``) for a failed worker's output."""
-    found = list(_EXCEPTION_LINE.finditer(out))
-    if not found:
+def describe_error(out: str) -> str:
+    """``clear <class>`` or ``raw <class>`` (or ``none``) for a failed worker's output."""
+    cls, name, _ = final_error(out)
+    if not name:
         return "none"
-    name = found[-1].group(1)
-    module, _, attr = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module or "builtins"), attr)
-    except (ImportError, AttributeError):
-        return f"raw {name}"
-    if isinstance(cls, type) and issubclass(cls, CoopError):
-        return f"clear {attr}"
-    if module.split(".")[0] == "icechunk" and "icechunk::" in out[found[-1].start() :]:
-        return f"clear icechunk.{attr}"
-    return f"raw {name}"
-
-
-def expected_temp(rows: int) -> np.ndarray:
-    r = np.arange(rows, dtype="f8")[:, None]
-    return r * 100 + np.arange(8)[None, :]
+    return f"{'clear' if is_clear(out) else 'raw'} {name.rpartition('.')[2] if cls else name}"
 
 
 def judge(moto: LocalS3, bucket: str, job_id: str, codes: dict[int, int]) -> str:
@@ -148,7 +133,7 @@ def run_one(
         t.join()
     seconds = time.monotonic() - started
     codes = {i: p.returncode for i, p in procs.items()}
-    errors = {i: final_error(outs[i]) for i in procs if codes[i] != 0}
+    errors = {i: describe_error(outs[i]) for i in procs if codes[i] != 0}
     return codes, errors, seconds, f"{name}-{uid}", bucket
 
 

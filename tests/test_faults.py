@@ -9,10 +9,7 @@ landed go to moto directly, past the proxy.
 from __future__ import annotations
 
 import functools
-import importlib
-import re
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +24,10 @@ import pytest
 import s3fs
 import zarr
 
-from icechunk_coop import CoopError, StorageUnreachableError, icechunk_storage
+from icechunk_coop import StorageUnreachableError, icechunk_storage
 from icechunk_coop._blobs import BlobStore
 from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy, job_commits, start_workers
+from schedules import Reader, expected_temp, final_error, is_clear
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "test-secret-0123456789abcdef"
@@ -284,11 +282,6 @@ def test_icechunk_commit_whose_reply_was_lost_is_known_to_have_landed(
 # ---- (b) and (c): cooperative jobs of real worker processes through the proxy -------------
 
 
-def expected_temp(rows: int) -> np.ndarray:
-    r = np.arange(rows, dtype="f8")[:, None]
-    return r * 100 + np.arange(8)[None, :]
-
-
 def worker_env(base: dict[str, str], target: LocalS3) -> dict[str, str]:
     drop = ("JOB_", "WORKER", "CRONJOB_", "ICECHUNK_COOP_", "AWS_")
     return {**{k: v for k, v in base.items() if not k.startswith(drop)}, **target.env}
@@ -324,50 +317,6 @@ def run_job(
             raise
         done[index] = (proc.returncode, out)
     return f"{name}-{uid}", done
-
-
-class Reader:
-    """Polls ``main`` through the proxy in a thread; records every state it read.
-
-    A state is ``(snapshot, rows, exact)``: ``exact`` says the rows read are
-    exactly what some committed job wrote (no NaN, no half-written row).
-    Errors (the proxy's faults outlasting icechunk's retries) are counted apart.
-    """
-
-    def __init__(self, url: str, env: dict[str, str]) -> None:
-        self.url, self.env = url, env
-        self.seen: list[tuple[str, int, bool]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                repo = icechunk.Repository.open(icechunk_storage(self.url, self.env))
-                session = repo.readonly_session("main")
-                temp = zarr.open_group(session.store, mode="r")["temp"][:]
-                exact = bool(np.array_equal(temp, expected_temp(temp.shape[0])))
-                self.seen.append((session.snapshot_id, temp.shape[0], exact))
-            except Exception as exc:
-                self.errors.append(type(exc).__name__)
-            self._stop.wait(0.05)
-
-    def settle(self, reads: int = 2) -> None:
-        """Wait (boundedly) for ``reads`` more reads, so the end state is among them."""
-        target = len(self.seen) + reads
-        for _ in range(600):
-            if len(self.seen) >= target or not self._thread.is_alive():
-                return
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Reader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 @pytest.mark.slow
@@ -414,33 +363,6 @@ def test_a_job_completes_through_mixed_faults_and_readers_never_see_it_torn(
     assert {s for s, _, _ in reader.seen} <= {before, after}, reader.seen
     assert all(exact for _, _, exact in reader.seen), reader.seen
     assert {rows for _, rows, _ in reader.seen} <= {ROWS, 2 * ROWS}
-
-
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): ", re.MULTILINE)
-
-
-def final_error(out: str) -> tuple[type[BaseException] | None, str, str]:
-    """The exception a worker died of (from its traceback): class, its name, what follows."""
-    found = list(_EXCEPTION_LINE.finditer(out))
-    if not found:
-        return None, "", ""
-    last = found[-1]
-    module, _, name = last.group(1).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module or "builtins"), name)
-    except (ImportError, AttributeError):
-        cls = None
-    return cls, last.group(1), out[last.start() :]
-
-
-def is_clear(out: str) -> bool:
-    """A CoopError subclass, or icechunk's own error naming the operation that failed."""
-    cls, _, text = final_error(out)
-    if cls is None:
-        return False
-    if issubclass(cls, CoopError):
-        return True
-    return cls.__module__.split(".")[0] == "icechunk" and "icechunk::" in text
 
 
 @pytest.mark.slow

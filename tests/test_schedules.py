@@ -10,13 +10,29 @@ checked.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
+import icechunk
 import pytest
+import s3fs
+import zarr
 from hypothesis import HealthCheck, Phase, given, settings
 
+from icechunk_coop import icechunk_storage
 from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy
-from schedules import Schedule, crash_matrix, run_schedule, schedules
+from schedules import (
+    ROWS_PER_JOB,
+    Pod,
+    Reader,
+    Schedule,
+    _Ended,
+    _judge,
+    crash_matrix,
+    run_schedule,
+    schedules,
+    seed_repository,
+)
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 6
@@ -76,3 +92,40 @@ def test_a_crash_then_a_restart_with_real_processes(
     schedule: Schedule, proxy: FaultProxy, s3_env: LocalS3
 ) -> None:
     check(schedule, proxy, s3_env)
+
+
+def test_the_judge_sees_every_kind_of_broken_run(s3_env: LocalS3) -> None:
+    """The checker can fail: a doubled commit, wrong data, a torn read, a leftover, a bad exit."""
+    bucket = f"judge-{uuid.uuid4().hex[:8]}"
+    s3_env.create_bucket(bucket)
+    url = f"s3://{bucket}/repo"
+    before = seed_repository(url, s3_env.env)
+    repo = icechunk.Repository.open(icechunk_storage(url, s3_env.env))
+    job_id = "j-u"
+    for n in range(2):  # the same job committing twice, and not what a serial run writes
+        session = repo.writable_session("main")
+        root = zarr.open_group(session.store, mode="a")
+        root["temp"].resize((2 * ROWS_PER_JOB, 8))
+        root.attrs["rows_written"] = ROWS_PER_JOB + n
+        session.commit("twice", metadata={"icechunk_coop": {"job": job_id}})
+    s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_env.endpoint_url).pipe(
+        f"{bucket}/rendezvous/{job_id}/result-1", b"left behind"
+    )
+    schedule = Schedule(
+        workers=2, fresh=False, replica=False, interloper=None, faults=0.0, seed=0,
+        pods=(Pod(index=0), Pod(index=1)),
+    )  # fmt: skip
+    reader = Reader(url, s3_env.env)
+    reader.seen = [(before, ROWS_PER_JOB, True), ("torn", 2 * ROWS_PER_JOB, False)]
+    ended = [_Ended(pod=Pod(index=1), code=1, output="RuntimeError: boom\n", killed=False)]
+    broken = _judge(schedule, ended, False, job_id, bucket, s3_env, reader, {before}, [])
+    text = "\n".join(broken)
+    for needle in (
+        "hang",
+        "worker 1 (pod) exited 1 (RuntimeError)",
+        "the job committed 2 times",
+        "temp differs",
+        "a reader saw a partial state",
+        "rendezvous left ['result-1']",
+    ):
+        assert needle in text, (needle, broken)
