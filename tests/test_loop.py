@@ -116,3 +116,55 @@ def test_hooks_see_the_whole_list_and_finalize_gets_results_in_job_order(
     assert list(root["a"][:]) == [100 + r for r in range(10)]
     assert root.attrs["template"] == "template of 10"
     assert len(job_commits(repo, "loop-u")) == 1
+
+
+@pytest.mark.parametrize("restart_first", [False, True])
+def test_a_job_list_built_by_a_callable_is_worker_0s_for_every_worker(
+    tmp_path: Path, restart_first: bool
+) -> None:
+    """A list that depends on when and where it is read is computed once and pinned.
+
+    Here every call of the callable sees a different "dataset" (a counter): worker
+    0's first reading decides for all, and nobody else (not even a restarted worker
+    0, which reuses the setup) reads it again.
+    """
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    readings: list[int] = []
+
+    def jobs(job: CooperativeJob) -> list[Region]:
+        readings.append(job.identity.worker_index)
+        start = 3 * len(readings)  # a different answer every time it is asked
+        return [Region(row=r) for r in range(start, start + 5)]
+
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=IcechunkTarget(name="primary", storage=storage),
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+        )
+
+    def prepare(stores: Stores, loop: Loop) -> None:
+        zarr.open_group(stores.primary, mode="a").create_array(
+            "a", shape=(20,), chunks=(1,), dtype="i4", fill_value=0
+        )
+
+    final: list[Any] = []
+
+    def run(job: CooperativeJob) -> WorkerOutcome:
+        return run_region_jobs(
+            job, jobs, message="pinned", prepare=prepare,
+            finalize=lambda stores, loop, results: final.extend(results),
+        )  # fmt: skip
+
+    if restart_first:
+        with at_crash_point("after-publish-setup"), pytest.raises(Killed):
+            run_in_process(make, 3, run, indexes=[0], job_name="pin", job_uid="u")
+    outcomes = run_in_process(make, 3, run, job_name="pin", job_uid="u")
+    assert readings == [0]
+    assert [o.status for o in outcomes] == ["published", "published", "committed"]
+    assert outcomes[0].worker_index == 0
+    assert final == [{"row": r} for r in range(3, 8)]
+    repo = icechunk.Repository.open(storage)
+    a = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    assert list(a[:]) == [100 + r if 3 <= r < 8 else 0 for r in range(20)]

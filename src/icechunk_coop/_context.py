@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 
@@ -24,7 +25,7 @@ from icechunk_coop._ledger import Provenance
 from icechunk_coop._meeting import MeetingPoint
 from icechunk_coop._records import SETUP, result_name
 
-__all__ = ["JobContext", "PinnedStart", "StepClock", "failure_markers", "summary"]
+__all__ = ["JobContext", "Pinned", "StepClock", "failure_markers", "summary"]
 
 log = logging.getLogger("icechunk_coop.cooperative")
 
@@ -36,10 +37,16 @@ def summary(exc: BaseException) -> str:
 
 
 @attrs.define
-class PinnedStart:
-    """The job's start once the setup fixed it (the environment's, or worker 0's decision)."""
+class Pinned:
+    """What the setup fixed for every worker: the job's start, and worker 0's decision.
 
-    value: datetime | None = None
+    ``start`` is the environment's or worker 0's; ``decision`` is whatever
+    worker 0's ``prepare`` returned (a job list read from the dataset, say),
+    so that no other worker computes it again from its own reading.
+    """
+
+    start: datetime | None = None
+    decision: Any = None
 
 
 def _now() -> datetime:
@@ -60,7 +67,7 @@ class JobContext:
     cleanup: bool
     commit_attempts: int
     decide_start: Callable[[], datetime] = _now
-    pinned: PinnedStart = attrs.field(factory=PinnedStart, eq=False)
+    pinned: Pinned = attrs.field(factory=Pinned, eq=False)
 
     @property
     def job_id(self) -> str:

@@ -118,20 +118,33 @@ def run_region_jobs(
 ) -> WorkerOutcome:
     """Run this worker's share of ``jobs`` as one cooperative job; the last one commits.
 
-    ``jobs`` is the whole list, or a callable building it from the job (use
-    that when the list depends on ``job.job_start`` and the environment may
-    give none: it is called after worker 0 pinned the start).
+    ``jobs`` is the whole list, or a callable building it from the job. A
+    callable is called once, on worker 0, after the job's start is pinned and
+    before ``prepare``, and the list it returns is pinned in the setup (as
+    :attr:`CooperativeJob.decision`): every other worker, and any restart,
+    takes that list. So the list may depend on the dataset as it is now (an
+    update resuming from the last time step present) or on the clock, and
+    still be the same everywhere.
     """
     me = job.identity
     cell: list[Loop] = []
 
-    def loop() -> Loop:
+    def loop(every: tuple[Any, ...] | None = None) -> Loop:
         if not cell:
-            every = tuple(jobs(job) if callable(jobs) else jobs)
+            if every is None:
+                pinned = job.decision if callable(jobs) else None
+                every = tuple(pinned if pinned is not None else jobs(job) if callable(jobs)
+                              else jobs)  # fmt: skip
             mine = tuple(assign_jobs(len(every), me.worker_index, me.workers_total, assign))
             made = context(job, every) if context is not None else None
             cell.append(Loop(job=job, jobs=every, mine=mine, context=made))
         return cell[0]
+
+    def prepare_all(stores: Stores) -> tuple[Any, ...] | None:
+        state = loop(tuple(jobs(job)) if callable(jobs) else None)
+        if prepare is not None:
+            prepare(stores, state)
+        return state.jobs if callable(jobs) else None
 
     def work(stores: Stores) -> list[Any]:
         state = loop()
@@ -156,6 +169,6 @@ def run_region_jobs(
     return job.run(
         work=work,
         message=message,
-        prepare=(lambda stores: prepare(stores, loop())) if prepare is not None else None,
+        prepare=prepare_all if prepare is not None or callable(jobs) else None,
         finalize=finalize_all,
     )

@@ -199,7 +199,8 @@ class Setup(Record):
 
     ``token`` tells setups of one job apart (a namespace cleaned and set up
     again); results and the plan carry it so nothing of another setup is
-    merged. ``job_start`` is the start every worker of the job uses.
+    merged. ``job_start`` is the start every worker of the job uses, and
+    ``decision`` what worker 0's ``prepare`` returned (any picklable value).
     """
 
     FORMAT: ClassVar[str] = "icechunk-coop/setup/1"
@@ -210,6 +211,7 @@ class Setup(Record):
     workers_total: int
     targets: Mapping[str, TargetSetup]
     job_start: str | None = None
+    decision: Any = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -218,6 +220,7 @@ class Setup(Record):
             "job": self.job,
             "workers_total": self.workers_total,
             "job_start": self.job_start,
+            "decision": self.decision,
             "targets": {name: _target_to_wire(s) for name, s in self.targets.items()},
         }
 
@@ -231,6 +234,7 @@ class Setup(Record):
             workers_total=field(w, "workers_total", int, location),
             job_start=field(w, "job_start", (str, type(None)), location),
             targets={str(k): _target_from_wire(v, location) for k, v in targets.items()},
+            decision=w.get("decision"),
         )
 
 

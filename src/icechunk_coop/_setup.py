@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from icechunk_coop import _crash
 from icechunk_coop._context import JobContext
@@ -29,7 +30,7 @@ __all__ = ["Prepare", "load_setup", "publish_setup", "setup", "stores_of"]
 
 log = logging.getLogger("icechunk_coop.cooperative")
 
-Prepare = Callable[[Stores], None]
+Prepare = Callable[[Stores], Any]
 
 
 def stores_of(ctx: JobContext, by_name: dict[str, object]) -> Stores:
@@ -55,11 +56,12 @@ def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
         log.info("%s: reusing the setup already published", ctx.where)
         return existing
     staging = {d.name: d.stage(primary=d is ctx.primary) for d in ctx.drivers}
-    ctx.pinned.value = start = _decide_start(ctx)
+    ctx.pinned.start = start = _decide_start(ctx)
     _crash.reach("before-prepare")
+    decision = None
     if prepare is not None:
         log.info("%s: preparing (structural changes)", ctx.where)
-        prepare(stores_of(ctx, {name: s.store for name, s in staging.items()}))
+        decision = prepare(stores_of(ctx, {name: s.store for name, s in staging.items()}))
     _crash.reach("after-prepare")
     record = Setup(
         token=uuid.uuid4().hex,
@@ -67,6 +69,7 @@ def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
         workers_total=ctx.identity.workers_total,
         job_start=start.isoformat(),
         targets={name: s.seal() for name, s in staging.items()},
+        decision=decision,
     )
     won, record = ctx.meeting.publish_once(SETUP, record)
     if not won:
@@ -104,7 +107,8 @@ def _check(ctx: JobContext, record: Setup) -> Setup:
             f"{own.isoformat()} but the setup pinned {pinned.isoformat()}. Every pod must get "
             "the same JOB_START (or the same CronJob name); fix the pod spec and re-create the job."
         )
-    ctx.pinned.value = pinned or own
+    ctx.pinned.start = pinned or own
+    ctx.pinned.decision = record.decision
     missing = {d.name for d in ctx.drivers} - set(record.targets)
     if missing:
         raise ForeignPayloadError(

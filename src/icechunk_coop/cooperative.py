@@ -192,7 +192,17 @@ class CooperativeJob:
         setup is published (worker 0, before ``prepare``) or loaded (the others,
         before ``work``): read it inside the hooks.
         """
-        return self._ctx.pinned.value or self.identity.job_start
+        return self._ctx.pinned.start or self.identity.job_start
+
+    @property
+    def decision(self) -> Any:
+        """What worker 0's ``prepare`` returned, the same on every worker (None before the setup).
+
+        For what must not be computed twice: a job list read from the dataset
+        as it is now, say. Worker 0 computes it once, the setup pins it, every
+        worker (and any restart) reads it from there. Read it inside the hooks.
+        """
+        return self._ctx.pinned.decision
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -232,9 +242,11 @@ class CooperativeJob:
         """Do this worker's part of the job, whatever its index.
 
         ``prepare(stores)`` runs on worker 0 only: create arrays, grow the
-        append dimension. ``work(stores)`` runs on every worker, writes chunks
-        only, and returns a result of any picklable type (it travels inside a
-        sealed frame, like the forks). ``finalize(stores,
+        append dimension; what it returns (any picklable value) is pinned in
+        the setup for every worker as :attr:`decision`. ``work(stores)`` runs
+        on every worker, writes chunks only, and returns a result of any
+        picklable type (it travels inside a sealed frame, like the forks).
+        ``finalize(stores,
         results)`` runs on the last worker after the merge, with every result
         in index order: write final metadata there. ``message`` may be a
         callable, called at commit time (when the job's start is pinned).
