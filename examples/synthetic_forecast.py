@@ -15,8 +15,10 @@ variables, one chunk per init time and variable. A region job is one init
 time: it "downloads" its source (``--source-latency`` seconds of simulated
 waiting) and computes deterministic values, so any number of workers produce
 the same arrays. A forecast's source is published 4 hours after its init
-time; an update at ``job_start`` grows init_time to the latest init time not
-after ``job_start`` and trims back to the last one whose source it found.
+time; an update at ``job_start`` resumes from the last init time present (however
+long ago), grows init_time to the latest init time not after ``job_start`` and
+trims back to the last one whose source it found. Its job list is read from
+the dataset once, by worker 0, and pinned for every worker.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from icechunk_coop import (
     ZarrTarget,
     icechunk_storage,
 )
-from icechunk_coop.dynamical import DynamicalDataset, Mode, RegionJob, Store, worker_share
+from icechunk_coop.dynamical import DynamicalDataset, Mode, RegionJob, Store
 
 DATASET_START = datetime(2025, 1, 1, tzinfo=UTC)
 INIT_STEP = timedelta(hours=6)
@@ -130,26 +132,25 @@ class ForecastRegionJob(RegionJob):
         return {"index": self.index, "found": True}
 
     @classmethod
-    def get_jobs(
-        cls, dataset: Any, *, end: datetime, worker_index: int, workers_total: int
-    ) -> Sequence[ForecastRegionJob]:
+    def get_jobs(cls, dataset: Any, *, end: datetime) -> Sequence[ForecastRegionJob]:
         # A backfill's "now" is its end: everything before it is published.
-        jobs = [
+        return [
             cls(index=i, now=end + PUBLICATION_DELAY, source_latency=dataset.source_latency)
             for i in range(init_index(end - INIT_STEP) + 1)
         ]
-        return worker_share(jobs, worker_index, workers_total)
 
     @classmethod
     def operational_update_jobs(
-        cls, dataset: Any, *, worker_index: int, workers_total: int, job_start: datetime
+        cls, dataset: Any, *, job_start: datetime
     ) -> Sequence[ForecastRegionJob]:
-        last = init_index(job_start)
-        jobs = [
+        # From the first init time missing (however long ago), and the last few
+        # before it again, as late sources fill in. Read once, on worker 0.
+        last, present = init_index(job_start), dataset.present_length()
+        first = max(0, min(present, last - UPDATE_LOOKBACK + 1))
+        return [
             cls(index=i, now=job_start, source_latency=dataset.source_latency)
-            for i in range(max(0, last - UPDATE_LOOKBACK + 1), last + 1)
+            for i in range(first, last + 1)
         ]
-        return worker_share(jobs, worker_index, workers_total)
 
 
 @attrs.frozen(kw_only=True)
@@ -176,6 +177,14 @@ class SyntheticForecast(DynamicalDataset):
             *(ZarrTarget(name=f"zarr{k}", url=url) for k, url in enumerate(self.zarr_replica_urls)),
         ]
 
+    def present_length(self) -> int:
+        """How many init times readers of the primary see now (0 without a repository)."""
+        try:
+            repo = self.primary().open(create=False)
+        except Exception:  # icechunk raises several kinds for "not there"
+            return 0
+        return self.append_dim_length(repo.readonly_session("main").store)
+
     def append_dim_length(self, store: Store) -> int:
         try:
             return int(zarr.open_array(store, path="init_time", mode="r").shape[0])
@@ -188,7 +197,15 @@ class SyntheticForecast(DynamicalDataset):
             root = zarr.open_group(store, mode="a", zarr_format=3)
             if "init_time" not in root:
                 _create(root)
-            length = max(int(root["init_time"].shape[0]), last + 1)
+            present = int(root["init_time"].shape[0])
+            if mode == "backfill" and present > last + 1 and store is stores.primary:
+                log.warning(
+                    "backfill to %s: the dataset already extends to %s; this job rewrites "
+                    "init times up to %s and keeps the %d after them",
+                    end.isoformat(), init_time(present - 1).isoformat(),
+                    init_time(last).isoformat(), present - last - 1,
+                )  # fmt: skip
+            length = max(present, last + 1)
             for name in ("init_time", *VARIABLES):
                 array = root[name]
                 assert isinstance(array, zarr.Array)
@@ -198,6 +215,13 @@ class SyntheticForecast(DynamicalDataset):
     def write_final_metadata(self, stores: Stores, results: list[Any], *, mode: Mode) -> None:
         found = [r["index"] for r in results if r["found"]]
         missing = [r["index"] for r in results if not r["found"]]
+        if missing:
+            log.info(
+                "%s: %d init time%s had no source yet (%s)%s", mode, len(missing),
+                "" if len(missing) == 1 else "s",
+                ", ".join(f"{init_time(i):%Y-%m-%dT%HZ}" for i in missing),
+                "; trimmed from the end" if max(missing) > max(found, default=-1) else "",
+            )  # fmt: skip
         for store in stores.all:
             root = zarr.open_group(store, mode="a", zarr_format=3)
             length = int(root["init_time"].shape[0])
@@ -211,7 +235,7 @@ class SyntheticForecast(DynamicalDataset):
             root.attrs["last_update"] = {
                 "mode": mode,
                 "init_times_written": len(found),
-                "init_times_missing_source": len(missing),
+                "init_times_missing_source": [init_time(i).isoformat() for i in missing],
                 "init_time_end": init_time(length - 1).isoformat() if length else None,
             }
 

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import icechunk
+import numpy as np
 import pytest
+import zarr
 
 from icechunk_coop import (
     SECRET_ENV,
@@ -283,3 +285,8 @@ def test_demo_runs_and_says_what_it_did(tmp_path: Path, base_env: dict[str, str]
     assert 'Open it: uv run python -c "import icechunk' in proc.stdout
     repo = icechunk.Repository.open(icechunk_storage(str(tmp_path / "demo" / "forecast.icechunk")))
     assert len(list(repo.ancestry(branch="main"))) == 3
+    # The update resumed where the backfill ended (2025-01-04T00Z): no init time is empty.
+    assert "Every one of the 16 init times holds data." in proc.stdout
+    temp = zarr.open_array(repo.readonly_session("main").store, path="temperature_2m", mode="r")
+    assert temp.shape[0] == 16
+    assert not np.isnan(temp[:]).all(axis=(1, 2, 3)).any()

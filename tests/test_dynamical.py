@@ -15,26 +15,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from icechunk_coop import METADATA_KEY, ConfigurationError, icechunk_storage, worker_share
+from icechunk_coop import METADATA_KEY, icechunk_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "synthetic_forecast.py")
 SECRET = "dynamical-test-secret-0123456789"
-
-
-@pytest.mark.parametrize("total", [1, 2, 3, 7, 8, 20])
-def test_worker_share_is_contiguous_balanced_and_complete(total: int) -> None:
-    jobs = list(range(17))
-    shares = [worker_share(jobs, i, total) for i in range(total)]
-    assert [j for share in shares for j in share] == jobs
-    sizes = [len(s) for s in shares]
-    assert max(sizes) - min(sizes) <= 1
-    assert all(s == list(range(s[0], s[0] + len(s))) for s in shares if s)
-
-
-def test_worker_share_refuses_a_bad_index() -> None:
-    with pytest.raises(ConfigurationError, match="worker_index=4"):
-        worker_share([1, 2], 4, 4)
 
 
 def run_local(env: dict[str, str], workers: int, job: str, *argv: str) -> str:
@@ -135,7 +120,6 @@ def test_backfill_by_one_and_by_eight_agree_then_update_appends(
     assert meta["workers"] == 4
 
 
-@pytest.mark.slow
 def solo(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     """The example as a one-worker job (no rendezvous traffic), its exit code kept."""
     return subprocess.run(
@@ -185,3 +169,40 @@ def test_an_update_with_no_start_takes_worker_0s_for_every_worker(
     assert re.findall(r"job_start (\S+);", out) == [start.isoformat()] * 3, out
     assert commits(repo, base_env)[0]["job_start"] == start.isoformat()
     assert open_ds(repo, base_env).sizes["init_time"] == 9
+
+
+def test_an_update_resumes_from_the_last_init_time_present_however_long_ago(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    where = ["--repo", repo, "--rendezvous", rv]
+    done = solo({**base_env, "JOB_NAME": "bf"}, "backfill", "--end", "2025-01-02T00:00Z", *where)
+    assert done.returncode == 0, done.stderr
+    assert open_ds(repo, base_env).sizes["init_time"] == 4
+    # Three days later: 12 init times to catch up, far more than the update's lookback.
+    proc = solo({**base_env, "JOB_NAME": "up", "JOB_START": "2025-01-05T01:20Z"}, "update", *where)
+    assert proc.returncode == 0, proc.stderr
+    ds = open_ds(repo, base_env)
+    assert ds.sizes["init_time"] == 16  # to 2025-01-04T18Z; 2025-01-05T00Z is not published
+    assert not ds["temperature_2m"].isnull().all(dim=("lead_time", "latitude", "longitude")).any()
+    assert ds.attrs["last_update"]["init_times_missing_source"] == ["2025-01-05T00:00:00+00:00"]
+    assert "1 init time had no source yet (2025-01-05T00Z); trimmed from the end" in proc.stderr
+
+
+def test_a_backfill_that_ends_before_the_data_says_what_it_kept(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
+    where = ["--repo", repo, "--rendezvous", rv]
+    done = solo({**base_env, "JOB_NAME": "bf"}, "backfill", "--end", "2025-01-03T00:00Z", *where)
+    assert done.returncode == 0, done.stderr
+    before = open_ds(repo, base_env)
+    again = solo({**base_env, "JOB_NAME": "bf2"}, "backfill", "--end", "2025-01-02T00:00Z", *where)
+    assert again.returncode == 0, again.stderr
+    assert (
+        "backfill to 2025-01-02T00:00:00+00:00: the dataset already extends to "
+        "2025-01-02T18:00:00+00:00; this job rewrites init times up to "
+        "2025-01-01T18:00:00+00:00 and keeps the 4 after them"
+    ) in again.stderr
+    after = open_ds(repo, base_env)
+    xr.testing.assert_identical(after.drop_attrs(), before.drop_attrs())

@@ -56,7 +56,6 @@ from icechunk_coop.cooperative import (
     is_last_worker,
     publish_result,
 )
-from icechunk_coop.dynamical import worker_share
 
 __all__ = [
     "INSECURE_ENV",
@@ -120,5 +119,4 @@ __all__ = [
     "remove_job",
     "run_region_jobs",
     "temporary_branches",
-    "worker_share",
 ]

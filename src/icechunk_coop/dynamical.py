@@ -2,35 +2,37 @@
 
 A dataset used to loop over its region jobs on one worker, committing as it
 went. With this adapter ``backfill`` and ``update`` both call
-:meth:`DynamicalDataset.process_region_jobs`, which
+:meth:`DynamicalDataset.process_region_jobs`, which is
+:func:`icechunk_coop.run_region_jobs` with the dataset's hooks:
 
-1. on worker 0, expands the stores (creates arrays, grows the append
-   dimension) inside the job's fork, so no reader sees it yet;
-2. on every worker, derives the *same* job list from the same inputs
-   (``end`` for a backfill, the job's ``job_start`` for an update; never the
-   pod's clock), takes its own share, and ``process``es each job into the
-   primary and replica stores;
-3. on the last worker, hands every job's result (in order) to
-   :meth:`DynamicalDataset.write_final_metadata` and commits once.
+1. on worker 0, the *whole* job list is built once (``get_jobs`` for a
+   backfill, ``operational_update_jobs`` for an update, which may read the
+   dataset as it is now) and pinned in the setup for every worker; then the
+   stores are expanded (arrays created, the append dimension grown) inside
+   the job's fork, so no reader sees it yet;
+2. on every worker, its share of that list is ``process``ed into the primary
+   and replica stores;
+3. on the last worker, every job's result (in job order) goes to
+   :meth:`DynamicalDataset.write_final_metadata`, an update is refused if it
+   would shrink what readers see, and the job commits once.
 
-How the workers coordinate is entirely :mod:`icechunk_coop.cooperative`'s
-business; a dataset supplies stores, jobs and metadata, nothing more.
+How the workers coordinate is :mod:`icechunk_coop.cooperative`'s business; a
+dataset supplies stores, jobs and metadata, nothing more.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Required, TypedDict, Unpack
 
-import attrs
 import zarr.abc.store
 
 from icechunk_coop._errors import ConfigurationError, ShrinkRefusedError
 from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop._loop import Loop, run_region_jobs
 from icechunk_coop._targets import IcechunkTarget, Stores, Target
 from icechunk_coop._waiting import WaitPolicy
 from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
@@ -41,7 +43,6 @@ __all__ = [
     "Mode",
     "RegionJob",
     "ShrinkRefusedError",
-    "worker_share",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,77 +51,33 @@ Mode = Literal["backfill", "update"]
 Store = zarr.abc.store.Store
 
 
-def worker_share[T](jobs: Sequence[T], worker_index: int, workers_total: int) -> list[T]:
-    """This worker's contiguous, balanced slice of ``jobs`` (sizes differ by at most one).
-
-    Contiguous, not round-robin: at any moment the workers are spread over
-    the whole append dimension instead of all hitting the same stretch of
-    source files (and the same few output chunks) together.
-    """
-    if not 0 <= worker_index < workers_total:
-        raise ConfigurationError(
-            f"worker_index={worker_index} is out of range for workers_total={workers_total}"
-        )
-    n = len(jobs)
-    return list(jobs[worker_index * n // workers_total : (worker_index + 1) * n // workers_total])
-
-
 class RegionJob(abc.ABC):
     """One unit of work: a region of the dataset, written into every store.
 
     Subclasses say which jobs exist (``get_jobs`` for a backfill,
-    ``operational_update_jobs`` for an update) and how one is processed.
-    Every pod of a job calls these with the same arguments and must get the
-    same list: that is why ``job_start`` is passed in and not read from a
-    clock. Use :func:`worker_share` to take this worker's part.
+    ``operational_update_jobs`` for an update), the whole list, and how one
+    is processed. The list is built once, on worker 0, and pinned for every
+    worker, so it may depend on what the dataset holds now; it must not
+    depend on the clock but through ``job_start``, which every pod shares.
     """
 
     @abc.abstractmethod
     def process(self, primary_store: Store, replica_stores: Sequence[Store]) -> Any:
-        """Write this region's chunks into every store; return a JSON-serialisable result."""
+        """Write this region's chunks into every store; return a picklable result."""
 
     @classmethod
     @abc.abstractmethod
-    def get_jobs(
-        cls, dataset: Any, *, end: datetime, worker_index: int, workers_total: int
-    ) -> Sequence[RegionJob]:
-        """This worker's jobs of a backfill up to ``end``."""
+    def get_jobs(cls, dataset: Any, *, end: datetime) -> Sequence[RegionJob]:
+        """Every job of a backfill up to ``end``."""
 
     @classmethod
     @abc.abstractmethod
-    def operational_update_jobs(
-        cls, dataset: Any, *, worker_index: int, workers_total: int, job_start: datetime
-    ) -> Sequence[RegionJob]:
-        """This worker's jobs of an operational update started at ``job_start``."""
+    def operational_update_jobs(cls, dataset: Any, *, job_start: datetime) -> Sequence[RegionJob]:
+        """Every job of an operational update started at ``job_start``.
 
-
-@attrs.define(kw_only=True)
-class _Progress:
-    """Log lines a person can follow for a long job loop: n/N, rate, time left."""
-
-    identity: WorkerIdentity
-    total: int
-    started: float = attrs.field(factory=time.monotonic)
-    done: int = 0
-    last: float = 0.0
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.done == self.total or now - self.last >= 2.0:
-            self.last = now
-            elapsed = now - self.started
-            left = elapsed / self.done * (self.total - self.done)
-            log.info(
-                "worker %d/%d: %d/%d region jobs (%s) %.1fs elapsed, ~%.0fs left",
-                self.identity.worker_index,
-                self.identity.workers_total,
-                self.done,
-                self.total,
-                label,
-                elapsed,
-                left,
-            )
+        Read the dataset here to resume from the last step present: this runs
+        once, on worker 0, and its answer is every worker's.
+        """
 
 
 class JobOptions(TypedDict, total=False):
@@ -170,6 +127,10 @@ class DynamicalDataset(abc.ABC):
         """How far an update started at ``job_start`` grows the append dimension."""
         return job_start
 
+    def commit_message(self, *, mode: Mode, end: datetime) -> str:
+        """The commit's message, made on the last worker after ``write_final_metadata``."""
+        return f"{type(self).__name__} {mode} to {end.isoformat()}"
+
     # ---- the loop -------------------------------------------------------------
 
     def cooperative_job(self, **options: Unpack[JobOptions]) -> CooperativeJob:
@@ -183,15 +144,11 @@ class DynamicalDataset(abc.ABC):
 
     def backfill(self, *, end: datetime, **options: Unpack[JobOptions]) -> WorkerOutcome:
         """Write every region up to ``end``; ``options`` as for :meth:`cooperative_job`."""
-        job = self.cooperative_job(**options)
-        me = job.identity
         return self.process_region_jobs(
-            job,
+            self.cooperative_job(**options),
             mode="backfill",
             end=lambda: end,
-            jobs=lambda: self.region_job_class.get_jobs(
-                self, end=end, worker_index=me.worker_index, workers_total=me.workers_total
-            ),
+            jobs=lambda: self.region_job_class.get_jobs(self, end=end),
         )
 
     def update(self, **options: Unpack[JobOptions]) -> WorkerOutcome:
@@ -213,12 +170,7 @@ class DynamicalDataset(abc.ABC):
             job,
             mode="update",
             end=lambda: self.update_end(start()),
-            jobs=lambda: self.region_job_class.operational_update_jobs(
-                self,
-                worker_index=me.worker_index,
-                workers_total=me.workers_total,
-                job_start=start(),
-            ),
+            jobs=lambda: self.region_job_class.operational_update_jobs(self, job_start=start()),
         )
 
     def process_region_jobs(
@@ -229,38 +181,22 @@ class DynamicalDataset(abc.ABC):
         end: Callable[[], datetime],
         jobs: Callable[[], Sequence[RegionJob]],
     ) -> WorkerOutcome:
-        """Fork, process this worker's jobs, publish; the last worker merges and commits.
+        """Fork, process this worker's share of ``jobs()``; the last worker merges and commits.
 
         ``end`` and ``jobs`` are called inside the hooks: by then the job's start
-        is pinned, whoever decided it.
+        is pinned, whoever decided it. ``jobs`` is called once, on worker 0.
         """
         identity = job.identity
         visible: list[int] = []
 
-        def prepare(stores: Stores) -> None:
+        def prepare(stores: Stores, loop: Loop) -> None:
+            n = len(loop.jobs)
+            log.info("%s %s up to %s: %d region job%s", type(self).__name__, mode,
+                     end().isoformat(), n, "" if n == 1 else "s")  # fmt: skip
             self.expand(stores, end=end(), mode=mode)
 
-        def work(stores: Stores) -> list[Any]:
-            mine = list(jobs())
-            log.info(
-                "worker %d/%d: %d region job%s (%s up to %s)",
-                identity.worker_index,
-                identity.workers_total,
-                len(mine),
-                "" if len(mine) == 1 else "s",
-                mode,
-                end().isoformat(),
-            )
-            progress = _Progress(identity=identity, total=len(mine))
-            results = []
-            for region_job in mine:
-                results.append(region_job.process(stores.primary, list(stores.replicas)))
-                progress.step(str(region_job)[:60])
-            return results
-
-        def finalize(stores: Stores, per_worker: list[Any]) -> None:
-            flat = [r for worker_results in per_worker for r in worker_results]
-            self.write_final_metadata(stores, flat, mode=mode)
+        def finalize(stores: Stores, loop: Loop, results: list[Any]) -> None:
+            self.write_final_metadata(stores, results, mode=mode)
             if mode == "update":
                 if not visible:
                     visible.append(self._visible_length())
@@ -273,11 +209,12 @@ class DynamicalDataset(abc.ABC):
                         final=final,
                     )
 
-        return job.run(
-            work=work,
+        return run_region_jobs(
+            job,
+            lambda _: jobs(),
             prepare=prepare,
             finalize=finalize,
-            message=lambda: f"{type(self).__name__} {mode} to {end().isoformat()}",
+            message=lambda: self.commit_message(mode=mode, end=end()),
         )
 
     def _require_repository(self, job_id: str) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import icechunk
+import numpy as np
 import zarr
 
 from icechunk_coop import METADATA_KEY, ConfigurationError, CoopError, icechunk_storage
@@ -95,6 +96,7 @@ def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
         log_level=log_level,
     )
     _print_history(repo)
+    _check_no_empty_steps(repo)
     print(f"\nData: primary {repo}\n      replica {replica}\n      rendezvous {rendezvous}")
     print(
         'Open it: uv run python -c "import icechunk, xarray as xr; '
@@ -102,6 +104,18 @@ def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
         "print(xr.open_zarr(r.readonly_session('main').store, consolidated=False))\""
     )
     return 0
+
+
+def _check_no_empty_steps(repo_url: Path) -> None:
+    """Every init time the primary shows has data: the update resumed where the backfill ended."""
+    repo = icechunk.Repository.open(icechunk_storage(str(repo_url)))
+    root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+    values = root["temperature_2m"]
+    assert isinstance(values, zarr.Array)
+    empty = [i for i in range(values.shape[0]) if bool(np.isnan(values[i]).all())]
+    if empty:
+        raise CoopError(f"demo: init time(s) {empty} of {repo_url} hold no data")
+    print(f"\nEvery one of the {values.shape[0]} init times holds data.")
 
 
 def _print_history(repo_url: Path) -> None:
