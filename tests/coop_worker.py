@@ -74,10 +74,17 @@ def main() -> int:
     parser.add_argument("--replica", action="append", default=[])
     parser.add_argument("--zarr", action="append", default=[])
     parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument(
+        "--zarr-primary", action="store_true", help="--repo is a plain zarr v3 store"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    primary = IcechunkTarget(name="primary", storage=icechunk_storage(args.repo))
+    primary: Any = (
+        ZarrTarget(name="primary", url=args.repo)
+        if args.zarr_primary
+        else IcechunkTarget(name="primary", storage=icechunk_storage(args.repo))
+    )
     replicas: list[Any] = [
         IcechunkTarget(name=f"replica{k}", storage=icechunk_storage(url))
         for k, url in enumerate(args.replica)
