@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -64,6 +65,18 @@ class Merged:
     def results(self) -> list[Any]:
         """What every worker's ``work`` returned, in index order."""
         return [r.value for r in self.plan]
+
+
+def each[T, R](fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``fn`` on every item at once (one thread each), results in order; the first error raised.
+
+    For the finalizer's round trips that do not depend on each other (one per
+    target): with a replica or two they cost one round trip, not one each.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="icechunk-coop") as pool:
+        return list(pool.map(fn, items))
 
 
 def _check_result(ctx: JobContext, setup: Setup, index: int, result: Result) -> None:
@@ -155,12 +168,14 @@ def commit_once(
     giving up can say which targets hold the job.
     """
     done.clear()
-    done.update({name: found for name, m in merged.merges.items() if (found := m.landed())})
+    names = list(merged.merges)
+    landed = each(lambda name: merged.merges[name].landed(), names)
+    done.update({name: found for name, found in zip(names, landed, strict=True) if found})
     if done:
         log.info("%s: already committed: %s", ctx.where, ", ".join(done))
     pending = [d.name for d in ctx.drivers if d.name not in done]
-    for name in pending:
-        merged.merges[name].rebase(committed=sorted(done))
+    already = sorted(done)
+    each(lambda name: merged.merges[name].rebase(committed=already), pending)
     provenance = ctx.provenance(merged.setup.token, merged.setup.job_start)
     words = message() if callable(message) else message
     text = f"{words} [job {ctx.job_id}, {ctx.identity.workers_total} workers]"
@@ -230,13 +245,15 @@ def after_commit(
     snapshots: Mapping[str, str],
     timeline: Mapping[int, Mapping[str, tuple[float, float]]] | None = None,
 ) -> None:
-    """Delete temporary branches, publish COMMITTED (with every worker's timeline), clean up.
+    """Publish COMMITTED (with every worker's timeline), then clean up, all at once.
 
-    COMMITTED first, and the cleanup keeps it: there is never a moment when a
-    late worker finds neither the marker nor the setup.
+    COMMITTED first, so that waiting twins, late pods and ``status`` learn the
+    outcome without waiting for the cleanup; and the cleanup keeps it: there
+    is never a moment when a late worker finds neither the marker nor the
+    setup. The cleanup (temporary branches of every target, the rendezvous)
+    runs concurrently; a worker that finds the marker finishes whatever of it
+    a dead finalizer left (:func:`clean_up`).
     """
-    for driver in ctx.drivers:
-        driver.cleanup()
     marker = Committed(
         snapshots=dict(snapshots),
         at=time.time(),
@@ -245,5 +262,16 @@ def after_commit(
     )
     ctx.meeting.publish(COMMITTED, marker)
     _crash.reach("before-cleanup")
+    clean_up(ctx)
+
+
+def clean_up(ctx: JobContext) -> None:
+    """Delete the job's temporary branches and (unless told not to) its rendezvous blobs.
+
+    Idempotent: twins and late pods run it too, and a branch another deleted
+    first is fine.
+    """
+    tasks: list[Callable[[], None]] = [d.cleanup for d in ctx.drivers]
     if ctx.cleanup:
-        ctx.meeting.remove_all(keep=(COMMITTED,))
+        tasks.append(lambda: ctx.meeting.remove_all(keep=(COMMITTED,)))
+    each(lambda task: task(), tasks)

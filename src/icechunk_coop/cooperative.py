@@ -313,9 +313,9 @@ class CooperativeJob:
             # Found on the primary, not from the marker: its finalizer may have died
             # between the commit and the cleanup. Finish that (it is idempotent).
             _finalize.after_commit(self._ctx, {self.primary.name: found})
-        elif self.cleanup and self._ctx.meeting.arrived() - {COMMITTED}:
-            # The marker is out but its finalizer died before clearing the rest.
-            self._ctx.meeting.remove_all(keep=(COMMITTED,))
+        else:
+            # The marker is out; its finalizer may have died before the cleanup.
+            _finalize.clean_up(self._ctx)
         return WorkerOutcome(
             job_id=self.job_id, worker_index=self.identity.worker_index, status="already-committed"
         )
