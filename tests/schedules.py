@@ -12,9 +12,12 @@ and returns a :class:`Verdict`: the invariants it broke (none, always).
 
 The invariants:
 - the job commits exactly once to every target, with the data a serial run
-  writes, and the other writer's commit survives; or, only when faults were
-  injected, it stops, every worker that failed for good with a clear error
-  (ours, or icechunk's naming the operation), nothing of the job committed;
+  writes, and the other writer's commit survives; or it stops, every worker
+  that failed with a clear error (ours, or icechunk's naming the operation),
+  nothing of the job committed, and only where stopping is right: faults were
+  injected, or the other writer's commit really overlaps the job's (both
+  creating the root group of a new repository) and the job says so
+  (``CommitConflictError``);
 - a reader never sees a partial state: every snapshot of ``main`` it reads is
   the state before the job or after it, complete;
 - no process outlives the schedule's deadline, no worker dies with an exit
@@ -51,7 +54,7 @@ import s3fs
 import zarr
 from hypothesis import strategies as st
 
-from icechunk_coop import CoopError, icechunk_storage
+from icechunk_coop import CommitConflictError, CoopError, icechunk_storage
 from icechunk_coop.testing import (
     CRASH_ENV,
     CRASH_EXIT_CODE,
@@ -462,7 +465,7 @@ def run_schedule(schedule: Schedule, proxy: FaultProxy, moto: LocalS3) -> Verdic
     failed_clearly = [v for v in violations if v.startswith("nothing committed")]
     real = [v for v in violations if not v.startswith("nothing committed")]
     outcome = "violated" if real else ("committed" if committed else "failed-clearly")
-    if failed_clearly and schedule.faults == 0:
+    if failed_clearly and not _may_stop(schedule, ended):
         outcome, real = "violated", [*real, *failed_clearly]
     return Verdict(
         schedule=schedule,
@@ -476,6 +479,17 @@ def run_schedule(schedule: Schedule, proxy: FaultProxy, moto: LocalS3) -> Verdic
         faults=faults,
         reads=len(reader.seen),
     )
+
+
+def _conflict(e: _Ended) -> bool:
+    cls, _, _ = final_error(e.output)
+    return cls is not None and issubclass(cls, CommitConflictError)
+
+
+def _may_stop(schedule: Schedule, ended: list[_Ended]) -> bool:
+    """Whether stopping (with clear errors) is a right outcome for this schedule."""
+    rival_conflict = schedule.interloper is not None and any(_conflict(e) for e in ended)
+    return schedule.faults > 0 or rival_conflict
 
 
 def _judge(
@@ -499,8 +513,8 @@ def _judge(
             expected |= {-signal.SIGKILL, 0}
         if e.code in expected:
             continue
-        if e.code in (1, 2) and schedule.faults and is_clear(e.output):
-            continue  # a clear failure under injected faults; judged by what landed below
+        if e.code in (1, 2) and _may_stop(schedule, ended) and is_clear(e.output):
+            continue  # a clear failure where one may happen; judged by what landed below
         _, err, _ = final_error(e.output)
         broken.append(
             f"worker {e.pod.index} ({'twin' if e.pod.twin else 'pod'}) exited {e.code}"

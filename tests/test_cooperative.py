@@ -279,6 +279,7 @@ def test_overlapping_concurrent_commit_fails_naming_the_conflict(
     assert repo.lookup_branch("main") == other
     assert read(repo)["attrs"]["owner"] == "other-writer"
     assert job_commits(repo, second.name) == []
+    assert repo.list_branches() == {"main"}  # the failed attempt's branch is gone
 
 
 def test_concurrent_write_to_the_same_chunk_fails_naming_it(
@@ -301,6 +302,7 @@ def test_concurrent_write_to_the_same_chunk_fails_naming_it(
     assert repo.lookup_branch("main") == other
     np.testing.assert_array_equal(read(repo)["temp"][3], np.full(8, -1.0))
     assert job_commits(repo, second.name) == []
+    assert repo.list_branches() == {"main"}
 
 
 def test_naive_merge_would_have_lost_the_other_writers_change(

@@ -85,6 +85,10 @@ class Merge(Protocol):
         """Move the target to the merge by compare-and-set; raise ``BranchMoved``."""
         ...
 
+    def discard(self) -> None:
+        """Drop what this attempt made beside the target (best effort): it will not commit."""
+        ...
+
 
 class TargetDriver(Protocol):
     """What the protocol can do with one target."""

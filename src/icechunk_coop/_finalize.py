@@ -216,9 +216,15 @@ def commit(
         current = merged if merged is not None and attempts[0] == 1 else None
         if current is None:
             current = merge(ctx, setup, plan)
-            if finalize is not None:
+        try:
+            if finalize is not None and current is not merged:
                 finalize(current.stores, current.results)
-        return commit_once(ctx, current, message, done)
+            return commit_once(ctx, current, message, done)
+        except Exception:
+            # This attempt will not commit: its temporary branches go now, not
+            # at a cleanup that a failed job never reaches.
+            each(lambda m: m.discard(), list(current.merges.values()))
+            raise
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

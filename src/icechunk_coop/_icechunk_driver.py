@@ -136,6 +136,12 @@ class _Merge:
             raise BranchMoved(self.target.name) from exc
         return snapshot
 
+    def discard(self) -> None:
+        try:
+            self.repo.delete_branch(self.branch)
+        except icechunk.IcechunkError as exc:  # a twin's cleanup deleted it first: fine
+            log.debug("deleting %s: %s", self.branch, exc)
+
 
 @attrs.frozen(kw_only=True)
 class IcechunkDriver:

@@ -61,6 +61,9 @@ class _Merge:
         self.driver.meeting.publish(committed_name(self.driver.name), marker)
         return ZARR_COMMIT
 
+    def discard(self) -> None:
+        return None  # the staged metadata lives in this process only
+
 
 @attrs.frozen(kw_only=True)
 class ZarrDriver:
