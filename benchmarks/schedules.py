@@ -34,12 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import icechunk  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import seed as hypothesis_seed  # noqa: E402
+import icechunk
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 
-from icechunk_coop.testing import CRASH_POINTS, FaultProxy, LocalS3, fault_proxy, local_s3  # noqa: E402
-from schedules import (  # noqa: E402
+from icechunk_coop.testing import CRASH_POINTS, FaultProxy, LocalS3, fault_proxy, local_s3
+from schedules import (
     FAULT_KINDS,
     ROLE_POINTS,
     Schedule,
