@@ -5,8 +5,9 @@ The protocol never asks what a target is. It asks its driver to
 - ``stage`` the base on worker 0 (a fork of the branch tip for Icechunk, a
   metadata-staging store for plain zarr) and ``seal`` it into the setup;
 - ``fork`` the setup for a worker to write into;
-- ``merge`` every worker's fork on the last worker, then on that merge:
-  ``landed`` (does the target already hold this job? one read of the tip),
+- ``merge`` every worker's fork on the last worker (``add`` folds in more
+  as they arrive), then on that merge: ``landed`` (does the target already
+  hold this job? one read of the tip),
   ``rebase`` over what landed since the base (conflicts are errors), and
   ``commit`` by compare-and-set;
 - ``find_commit`` of this job (exactly once) and ``cleanup`` afterwards.
@@ -72,6 +73,10 @@ class Merge(Protocol):
 
     @property
     def store(self) -> Store: ...
+
+    def add(self, forks: Sequence[icechunk.ForkSession | None]) -> None:
+        """Fold more forks in (the finalizer merges each result as it arrives)."""
+        ...
 
     def landed(self) -> str | None:
         """This job's commit if the target holds it already; else remember the tip."""

@@ -1,4 +1,4 @@
-"""Step 3, finalize (the last worker): collect, pin the plan, merge, check, commit, clean up.
+"""Step 3, finalize (the last worker): collect and merge, pin the plan, check, commit, clean up.
 
 Targets commit one after another, replicas first and the primary last, and
 only after every target has been checked: a conflict on the primary must
@@ -39,9 +39,10 @@ __all__ = [
     "Merged",
     "Message",
     "after_commit",
-    "collect_results",
+    "collect_and_merge",
     "commit",
     "merge",
+    "pin_and_merge",
     "pin_plan",
 ]
 
@@ -105,15 +106,46 @@ def _check_result(ctx: JobContext, setup: Setup, index: int, result: Result) -> 
         )
 
 
-def collect_results(ctx: JobContext, setup: Setup) -> list[Result]:
-    """Wait for every worker's result; refuse any that is not of this setup."""
+def _discard(merged: Merged | None) -> None:
+    if merged is not None:
+        each(lambda m: m.discard(), list(merged.merges.values()))
+
+
+def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merged]:
+    """Wait for every worker's result, merging each one in as soon as it is read.
+
+    The merge (one session per target, on a temporary branch at the forks'
+    base S0, worker 0's structural changes already in) is opened before the
+    wait, and every result is checked and folded into it as it arrives, so
+    once the last result lands only that one is left to read and merge: the
+    time to collect N results no longer follows N after the last arrival.
+    Nothing is pinned yet: :func:`pin_and_merge` keeps this merge only if the
+    plan it pins holds exactly these results.
+
+    Memory grows with N x chunks as before: the results are kept (the plan
+    pins them whole), the merged session holds one reference per chunk
+    written; the raw blobs of a poll are dropped once decoded.
+    """
     names = [result_name(i) for i in range(ctx.identity.workers_total)]
-    found = ctx.meeting.wait_for_all(names, Result)
+    index_of = {name: i for i, name in enumerate(names)}
+    opened = each(lambda d: d.merge(setup.targets[d.name], []), list(ctx.drivers))
+    merges = {d.name: m for d, m in zip(ctx.drivers, opened, strict=True)}
+
+    def arrived(name: str, result: Result) -> None:
+        _check_result(ctx, setup, index_of[name], result)
+        for target, m in merges.items():
+            m.add([result.forks.get(target)])
+
+    try:
+        found = ctx.meeting.wait_for_all(names, Result, on_arrival=arrived)
+    except BaseException:
+        each(lambda m: m.discard(), list(merges.values()))
+        raise
     results = [found[name] for name in names]
-    for index, result in enumerate(results):
-        _check_result(ctx, setup, index, result)
+    stores = stores_of(ctx, {name: m.store for name, m in merges.items()})
+    streamed = Merged(setup=setup, plan=tuple(results), merges=merges, stores=stores)
     _crash.reach("after-load-results")
-    return results
+    return results, streamed
 
 
 def pinned_plan(ctx: JobContext, setup: Setup) -> Plan | None:
@@ -146,6 +178,37 @@ def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[
         log.info("%s: committing the results an earlier attempt pinned", ctx.where)
     _crash.reach("after-pin-plan")
     return plan.results
+
+
+def pin_and_merge(
+    ctx: JobContext, setup: Setup, results: Sequence[Result], streamed: Merged | None
+) -> Merged:
+    """Pin the plan, then the merge of exactly the pinned results.
+
+    That is the ``streamed`` merge when the plan pins the very results it
+    merged (this finalizer won the pin). When an earlier finalizer of this
+    setup pinned first, its plan may hold another result for some index (a
+    worker ran again between the two reads): the streamed merge is dropped
+    and the pinned results are merged afresh, so every target gets the same
+    merge whichever finalizer commits it.
+    """
+    try:
+        pinned = pin_plan(ctx, setup, results)
+    except BaseException:
+        _discard(streamed)
+        raise
+    if (
+        streamed is not None
+        and len(streamed.plan) == len(pinned)
+        and all(ours is theirs for ours, theirs in zip(streamed.plan, pinned, strict=True))
+    ):
+        for _ in ctx.drivers:
+            _crash.reach("mid-merge")
+        return streamed
+    if streamed is not None:
+        log.info("%s: merging the plan an earlier attempt pinned instead", ctx.where)
+        _discard(streamed)
+    return merge(ctx, setup, pinned)
 
 
 def merge(ctx: JobContext, setup: Setup, plan: Sequence[Result]) -> Merged:
@@ -201,12 +264,15 @@ def commit(
     message: Message,
     finalize: Finalize | None,
     merged: Merged | None = None,
+    finalized: bool = True,
 ) -> dict[str, str]:
     """Merge, finalize and commit every target that does not hold this job yet.
 
     Retried while a target branch moves under the attempt (or a twin
     finalizer deletes the temporary branch under it), up to
-    ``ctx.commit_attempts`` times; each retry rebuilds the merge.
+    ``ctx.commit_attempts`` times; each retry rebuilds the merge. A
+    ``merged`` given serves the first attempt; ``finalized`` says whether
+    ``finalize`` was applied to it already (the step API's caller does that).
     """
     attempts = [0]
     done: dict[str, str] = {}
@@ -217,7 +283,7 @@ def commit(
         if current is None:
             current = merge(ctx, setup, plan)
         try:
-            if finalize is not None and current is not merged:
+            if finalize is not None and (current is not merged or not finalized):
                 finalize(current.stores, current.results)
             return commit_once(ctx, current, message, done)
         except Exception:

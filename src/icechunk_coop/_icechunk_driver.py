@@ -100,6 +100,11 @@ class _Merge:
     def store(self) -> Store:
         return self.session.store
 
+    def add(self, forks: Sequence[icechunk.ForkSession | None]) -> None:
+        present = [f for f in forks if f is not None]
+        if present:
+            self.session.merge(*present)
+
     def landed(self) -> str | None:
         # The check and the tip come from one read of the branch: the
         # compare-and-set later moves the branch only from that very tip, so a

@@ -11,7 +11,7 @@ needed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -60,7 +60,14 @@ class MeetingPoint(Protocol):
 
     def wait_for(self, name: str, kind: type[R]) -> R: ...
 
-    def wait_for_all(self, names: Sequence[str], kind: type[R]) -> dict[str, R]: ...
+    def wait_for_all(
+        self,
+        names: Sequence[str],
+        kind: type[R],
+        on_arrival: Callable[[str, R], None] | None = None,
+    ) -> dict[str, R]:
+        """Every record of ``names``; ``on_arrival(name, record)`` for each as it is read."""
+        ...
 
     def arrived(self) -> set[str]: ...
 
@@ -119,12 +126,27 @@ class StoredMeeting:
             raise _committed(self.job_id) from None
         return kind.from_wire(wire, self.location(name))
 
-    def wait_for_all(self, names: Sequence[str], kind: type[R]) -> dict[str, R]:
+    def wait_for_all(
+        self,
+        names: Sequence[str],
+        kind: type[R],
+        on_arrival: Callable[[str, R], None] | None = None,
+    ) -> dict[str, R]:
+        records: dict[str, R] = {}
+
+        def arrived(name: str, wire: Any) -> None:
+            # Decoded once, as it arrives: the caller may fold it in while the wait goes on.
+            records[name] = kind.from_wire(wire, self.location(name))
+            if on_arrival is not None:
+                on_arrival(name, records[name])
+
         try:
-            wires = self.rendezvous.wait_for_all(names, content=kind.CONTENT, unless=COMMITTED)
+            self.rendezvous.wait_for_all(
+                names, content=kind.CONTENT, unless=COMMITTED, on_arrival=arrived
+            )
         except WaitInterrupted:
             raise _committed(self.job_id) from None
-        return {name: kind.from_wire(wire, self.location(name)) for name, wire in wires.items()}
+        return {name: records[name] for name in names}
 
     def arrived(self) -> set[str]:
         return self.rendezvous.arrived()
@@ -187,7 +209,12 @@ class InProcessMeeting:
     def wait_for(self, name: str, kind: type[R]) -> R:
         return self.wait_for_all([name], kind)[name]
 
-    def wait_for_all(self, names: Sequence[str], kind: type[R]) -> dict[str, R]:
+    def wait_for_all(
+        self,
+        names: Sequence[str],
+        kind: type[R],
+        on_arrival: Callable[[str, R], None] | None = None,
+    ) -> dict[str, R]:
         if COMMITTED in self._blobs:
             raise _committed(self.job_id)
         failed = {n: self._failures[n] for n in names if n in self._failures}
@@ -203,6 +230,9 @@ class InProcessMeeting:
                 waited_seconds=0.0,
                 job=self.job_id,
             )
+        if on_arrival is not None:
+            for name, record in found.items():
+                on_arrival(name, record)
         return found
 
     def arrived(self) -> set[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -243,13 +243,17 @@ class Rendezvous:
         content: Content = "json",
         policy: WaitPolicy | None = None,
         unless: str | None = None,
+        on_arrival: Callable[[str, Any], None] | None = None,
     ) -> dict[str, Any]:
         """Wait until every name is published; return their contents by name.
 
         One LIST per poll covers all of them, their failure markers and
         ``unless``, so the cost of a poll grows only with the listing's pages
         (a thousand names each); each blob is then read once, the new ones of
-        a poll concurrently.
+        a poll concurrently. ``on_arrival(name, content)`` is called for each
+        blob as soon as it is read, while the wait goes on, so a caller can
+        fold blobs in as they come instead of all at once at the end; what it
+        raises ends the wait.
         """
         wanted = [check_name(n) for n in names]
         got: dict[str, Any] = {}
@@ -268,6 +272,8 @@ class Rendezvous:
                 got[name] = self.sealer.open(
                     data, name=name, location=self.location(name), expect=content
                 )
+                if on_arrival is not None:
+                    on_arrival(name, got[name])
             if len(got) == len(wanted):
                 return {n: got[n] for n in wanted}
             if time.monotonic() - last_report[0] > 30:

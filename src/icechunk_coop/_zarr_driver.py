@@ -49,6 +49,9 @@ class _Merge:
     driver: ZarrDriver
     store: StagedMetadataStore
 
+    def add(self, forks: Sequence[icechunk.ForkSession | None]) -> None:
+        return None  # the workers wrote their chunks into the store itself
+
     def landed(self) -> str | None:
         return self.driver.find_commit(None)
 

@@ -266,7 +266,7 @@ class CooperativeJob:
                 if plan is not None:
                     # A finalizer before us pinned what to commit: finish that, redo nothing.
                     log.info("%s: finishing the commit an earlier attempt began", ctx.where)
-                    results = list(plan.results)
+                    results, streamed = list(plan.results), None
                 else:
                     with clock.step("work"):
                         forks = _work.open_forks(ctx, setup)
@@ -276,11 +276,21 @@ class CooperativeJob:
                     if not me.is_last:
                         return self._outcome("published", result.value, clock)
                     with clock.step("wait"):
-                        results = _finalize.collect_results(ctx, setup)
+                        results, streamed = _finalize.collect_and_merge(ctx, setup)
                 with clock.step("commit"):
-                    pinned = _finalize.pin_plan(ctx, setup, results)
+                    if streamed is None:  # finishing a pinned plan: commit merges it
+                        merged, pinned = None, _finalize.pin_plan(ctx, setup, results)
+                    else:
+                        merged = _finalize.pin_and_merge(ctx, setup, results, streamed)
+                        pinned = merged.plan
                     snapshots = _finalize.commit(
-                        ctx, setup, pinned, message=message, finalize=finalize
+                        ctx,
+                        setup,
+                        pinned,
+                        message=message,
+                        finalize=finalize,
+                        merged=merged,
+                        finalized=False,
                     )
                 timeline = {r.index: r.timeline for r in pinned}
                 timeline[me.worker_index] = {**timeline.get(me.worker_index, {}), **clock.spans}
@@ -350,9 +360,8 @@ def get_merged_sessions(job: CooperativeJob, forks: Forks, value: Any = None) ->
             f"{ctx.where}: only the last worker merges; call publish_result on the others"
         )
     publish_result(job, forks, value)
-    results = _finalize.collect_results(ctx, forks.setup)
-    pinned = _finalize.pin_plan(ctx, forks.setup, results)
-    return _finalize.merge(ctx, forks.setup, pinned)
+    results, streamed = _finalize.collect_and_merge(ctx, forks.setup)
+    return _finalize.pin_and_merge(ctx, forks.setup, results, streamed)
 
 
 def commit_merged(
