@@ -3,6 +3,8 @@
 The public API lives here; modules with a leading underscore are private.
 """
 
+# First, before anything imports icechunk: its log lines carry no colour codes into a pipe.
+from icechunk_coop import _plain_logs  # noqa: F401  # isort: skip
 from icechunk_coop._cleanup import delete_temporary_branches, remove_job, temporary_branches
 from icechunk_coop._errors import (
     AlreadyCommittedError,
