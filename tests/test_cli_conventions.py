@@ -13,7 +13,7 @@ import pytest
 from icechunk_coop.cli import build_parser, main
 from icechunk_coop.testing import LOOPBACK, free_port
 
-COMMANDS = ("run-local", "status", "clean", "demo")
+COMMANDS = ("run-local", "status", "report", "clean", "demo")
 
 
 def test_version_comes_from_the_installed_package(capsys: pytest.CaptureFixture[str]) -> None:

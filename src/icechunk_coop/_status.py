@@ -73,6 +73,8 @@ class JobListing:
     job_id: str
     names: frozenset[str]
     newest: float | None
+    #: The oldest blob's time: about when the job began (its first worker published).
+    oldest: float | None = None
 
     @property
     def state(self) -> JobState:
@@ -162,6 +164,7 @@ def list_jobs(
             job_id=job_id,
             names=frozenset(n for n, _ in items),
             newest=max((m for _, m in items if m is not None), default=None),
+            oldest=min((m for _, m in items if m is not None), default=None),
         )
         for job_id, items in grouped.items()
     }

@@ -19,6 +19,7 @@ from icechunk_coop.cli._controller import JobResult, LocalJob
 from icechunk_coop.cli._demo import cmd_demo, demo
 from icechunk_coop.cli._parser import EXIT_CODES
 from icechunk_coop.cli._parser import build_parser as _build_parser
+from icechunk_coop.cli._report import cmd_report, report
 from icechunk_coop.cli._run_local import LOG_LEVEL_ENV, cmd_run_local, run_local
 from icechunk_coop.cli._status import clean, cmd_clean, cmd_status, parse_age, status
 
@@ -32,6 +33,7 @@ __all__ = [
     "demo",
     "main",
     "parse_age",
+    "report",
     "run_local",
     "status",
 ]
@@ -41,7 +43,13 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def build_parser() -> argparse.ArgumentParser:
     return _build_parser(
-        {"run-local": cmd_run_local, "status": cmd_status, "clean": cmd_clean, "demo": cmd_demo}
+        {
+            "run-local": cmd_run_local,
+            "status": cmd_status,
+            "report": cmd_report,
+            "clean": cmd_clean,
+            "demo": cmd_demo,
+        }
     )
 
 

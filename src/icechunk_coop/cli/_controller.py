@@ -19,12 +19,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Literal
 
 from icechunk_coop import ConfigurationError
+from icechunk_coop.cli._view import ProcessView
 from icechunk_coop.cli._words import describe_exit, workers
 
 __all__ = ["EXIT_NOT_RETRYABLE", "JobResult", "LocalJob", "Outcome"]
@@ -108,8 +109,11 @@ class LocalJob:
         out: IO[str],
         err: IO[str],
         quiet: bool = False,
+        on_tick: Callable[[], None] | None = None,
+        on_line: Callable[[int, str], None] | None = None,
     ) -> None:
         self.command, self.job_id, self.total = list(command), job_id, total
+        self.on_tick, self.on_line = on_tick, on_line
         self.env, self.limit = dict(env), backoff_limit_per_index
         self.timeout, self.grace = timeout, grace_period
         self.out, self.err, self.quiet = out, err, quiet
@@ -135,9 +139,33 @@ class LocalJob:
     def _pump(self, index: int, stream: IO[str]) -> None:
         for line in stream:
             text = line.rstrip("\n")
+            if self.on_line is not None:
+                self.on_line(index, text)
             with self._lock, contextlib.suppress(OSError, ValueError):  # our stdout closed
                 self.out.write(f"[{index}] {text}\n")
                 self.out.flush()
+
+    def processes(self) -> dict[int, ProcessView]:
+        """Each index's process now (call from the thread that runs the job)."""
+        found: dict[int, ProcessView] = {}
+        failed = set(self.result.failed)
+        for index in range(self.total):
+            attempt, code = self.result.attempts.get(index, 0), self.result.codes.get(index)
+            proc = self._running.get(index)
+            if proc is not None:
+                view = ProcessView(state="running", attempt=attempt, pid=proc.pid)
+            elif index in self._done:
+                view = ProcessView(state="succeeded", attempt=attempt, code=code)
+            elif index in failed:
+                view = ProcessView(state="failed", attempt=attempt, code=code)
+            elif index in self._due:
+                view = ProcessView(state="restarting", attempt=attempt, code=code)
+            elif index in self.result.stopped:
+                view = ProcessView(state="stopped", attempt=attempt, code=code)
+            else:
+                view = ProcessView(state="starting", attempt=attempt)
+            found[index] = view
+        return found
 
     # ---- starting, ending, stopping ----------------------------------------------------
 
@@ -257,6 +285,8 @@ class LocalJob:
                 return "failed"
             if len(self._done) == self.total:
                 return "succeeded"
+            if self.on_tick is not None:
+                self.on_tick()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return "deadline"

@@ -48,8 +48,16 @@ one written (mode 0600) to $XDG_STATE_HOME/icechunk-coop/secrets/JOB_ID.secret
 job again under the same name, uid and secret: its workers reuse the setup
 the first run published, and find the job done if it committed.
 
+In a terminal the job is shown live: each worker's process (pid, attempt,
+how it ended), region jobs done (from run_region_jobs' lines), the time
+elapsed and left before --timeout; with --rendezvous URL (the workers' own)
+also each worker's step (setup, work, wait, commit). Piped, it writes a
+line each time the job's state changes instead (with --rendezvous).
+
 examples:
   icechunk-coop run-local --workers 4 --job-name backfill-1 -- python job.py
+  icechunk-coop run-local --workers 4 --rendezvous s3://bucket/rendezvous -- \
+      python job.py --rendezvous s3://bucket/rendezvous
   icechunk-coop run-local --workers 4 --timeout 600 --backoff-limit-per-index 2 \\
       --secret-file ./job.secret -- python job.py
   icechunk-coop run-local --resume backfill-1-3f2a9c1d7e4b --workers 4 -- python job.py
@@ -60,9 +68,25 @@ The worker total comes from --workers, else the committed marker, else the
 setup (with ICECHUNK_COOP_SECRET set), else it is inferred. Nothing is
 unpickled, with or without the secret.
 
+--watch follows one job until it commits (exit 0) or fails (exit 1): in a
+terminal a live table of its workers (step, region jobs, time), otherwise a
+line each time its state changes. A job not there yet is waited for.
+
 examples:
   icechunk-coop status s3://bucket/rendezvous
   icechunk-coop status s3://bucket/rendezvous --job backfill-1
+  icechunk-coop status s3://bucket/rendezvous --job backfill-1 --watch
+"""
+
+_REPORT = """Prints the critical path (which worker's which steps the job's end waited
+for, and how long each took) and the overhead (the job's time minus the
+slowest worker's own work), and draws every worker's steps as a PNG. The
+steps come from the committed marker; for a job still running, from its
+results (set ICECHUNK_COOP_SECRET).
+
+examples:
+  icechunk-coop report s3://bucket/rendezvous backfill-1
+  icechunk-coop report s3://bucket/rendezvous backfill-1-3f2a9c1d7e4b -o timeline.png
 """
 
 _CLEAN = """\
@@ -197,6 +221,11 @@ def _add_run_local(sub: Any) -> None:
         type=_env_item,
         help="an extra variable for every worker (repeatable)",
     )
+    p.add_argument(
+        "--rendezvous",
+        metavar="URL",
+        help="the workers' rendezvous URL: the live view then shows each worker's step",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
 
 
@@ -227,6 +256,28 @@ def build_parser(
         type=_count(1),
         metavar="N",
         help="the job's WORKERS_TOTAL (default: from the setup or the commit)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the job (--job) until it commits or fails",
+    )
+    p.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --watch: how often to read the rendezvous (default 2)",
+    )
+
+    p = _sub(sub, "report", "show where a job's time went, and draw its timeline", _REPORT)
+    p.add_argument("url", help="the rendezvous URL (s3://, gs://, a path)")
+    p.add_argument("job", help="a job id (NAME-UID) or a job's name")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="where to write the timeline picture (default: ./JOB_ID-timeline.png)",
     )
 
     p = _sub(sub, "clean", "remove what crashed or finished jobs left behind", _CLEAN)

@@ -49,6 +49,8 @@ def run_local(
     out: IO[str] | None = None,
     err: IO[str] | None = None,
     quiet: bool = False,
+    rendezvous: str | None = None,
+    view: bool = False,
 ) -> JobResult:
     """Run ``command`` as ``workers`` processes with an Indexed Job's environment.
 
@@ -60,6 +62,12 @@ def run_local(
     A failed index is restarted up to ``backoff_limit_per_index`` times
     (exit code 2: never); one that fails for good stops the others; after
     ``timeout`` seconds every worker is stopped. See ``LocalJob``.
+
+    ``view`` shows the job as it runs: a live table when ``err`` is a
+    terminal (each worker's process, and with ``rendezvous`` its step and
+    region jobs), else with ``rendezvous`` a line each time the job's state
+    changes. Workers whose output is not a terminal get ``NO_COLOR=1``, so
+    icechunk's own log lines carry no colour codes into files and pipes.
     """
     if workers < 1:
         raise ConfigurationError(f"--workers must be at least 1, got {workers}")
@@ -81,6 +89,23 @@ def run_local(
     )
     if log_level:
         env[LOG_LEVEL_ENV] = log_level
+    out, err = out or sys.stdout, err or sys.stderr
+    monitor = None
+    if view:
+        from icechunk_coop.cli._monitor import JobMonitor
+
+        monitor = JobMonitor(
+            job_id=identity.job_id,
+            workers=workers,
+            timeout=timeout,
+            rendezvous=rendezvous,
+            secret=env[SECRET_ENV],
+            out=out,
+            err=err,
+        )
+        out, err = monitor.out, monitor.err
+    if not _isatty(out):
+        env.setdefault("NO_COLOR", "1")  # icechunk's Rust logs colour even a pipe otherwise
     job = LocalJob(
         command,
         job_id=identity.job_id,
@@ -89,11 +114,25 @@ def run_local(
         backoff_limit_per_index=backoff_limit_per_index,
         timeout=timeout,
         grace_period=grace_period,
-        out=out or sys.stdout,
-        err=err or sys.stderr,
+        out=out,
+        err=err,
         quiet=quiet,
     )
-    return job.run()
+    if monitor is None:
+        return job.run()
+    monitor.attach(job)
+    try:
+        return job.run()
+    finally:
+        monitor.close()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    probe = getattr(stream, "isatty", None)
+    try:
+        return bool(callable(probe) and probe())
+    except ValueError:  # a closed stream
+        return False
 
 
 def split_job_id(job_id: str) -> tuple[str, str]:
@@ -208,6 +247,8 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         log_level=args.log_level,
         quiet=quiet,
+        rendezvous=args.rendezvous,
+        view=not quiet,
     )
     summary = _summary(result, args.timeout)
     if result.exit_code != 0:  # one line, so a log search finds the way back with the failure

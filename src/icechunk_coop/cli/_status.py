@@ -28,7 +28,7 @@ from icechunk_coop import (
     temporary_branches,
 )
 
-__all__ = ["clean", "cmd_clean", "cmd_status", "parse_age", "status"]
+__all__ = ["clean", "cmd_clean", "cmd_status", "parse_age", "status", "storage_errors"]
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -137,7 +137,7 @@ def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
     return 0
 
 
-def _storage_errors(command: str, run: Callable[[], int]) -> int:
+def storage_errors(command: str, run: Callable[[], int]) -> int:
     """``run``, with a missing bucket (2) or silent storage (1) said in one line naming the URL."""
     try:
         return run()
@@ -158,8 +158,30 @@ def _storage_errors(command: str, run: Callable[[], int]) -> int:
         return 1
 
 
+def watch_status(url: str, job: str, workers: int | None, out: IO[str], *, interval: float) -> int:
+    """Follow ``job`` until it commits (0) or fails (1), then print its status as ``status``.
+
+    In a terminal the workers are shown live; otherwise a line is written
+    each time the job's state changes. A job not there yet is waited for.
+    """
+    from icechunk_coop.cli._watch import watch  # the live view's imports, only when watching
+
+    code, job_id = watch(url, job, workers=workers, interval=interval, out=out)
+    status(url, job_id or job, workers, out)
+    return code
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    return _storage_errors("status", lambda: status(args.url, args.job, args.workers, sys.stdout))
+    if args.watch:
+        if args.job is None:
+            raise ConfigurationError("--watch follows one job: give it with --job NAME")
+        return storage_errors(
+            "status",
+            lambda: watch_status(
+                args.url, args.job, args.workers, sys.stdout, interval=args.interval
+            ),
+        )
+    return storage_errors("status", lambda: status(args.url, args.job, args.workers, sys.stdout))
 
 
 def parse_age(text: str) -> float:
@@ -247,4 +269,4 @@ def cmd_clean(args: argparse.Namespace) -> int:
         )
         return 1 if args.job is not None and not removed and not deleted else 0
 
-    return _storage_errors("clean", run)
+    return storage_errors("clean", run)
