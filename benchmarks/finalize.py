@@ -1,16 +1,29 @@
 """Finalize at scale: how long the last worker takes to collect N results, merge and commit.
 
-Workers 0..N-2 are simulated by real published forks (each writes its own
-chunks through the public step API, seeded straight into moto so the seeding
-costs nothing); then the last worker runs in a process of its own, talking
-through the counting proxy, which adds ``--latency-ms`` to every request (a
-small S3 GET takes 10-30 ms; moto answers in under 2). Reported per case:
-the last worker's seconds (collect = waiting for and reading the results,
-commit = plan, merge, checks, compare-and-set, cleanup), its peak memory,
-and the requests it made.
+Workers 0..N-2 are simulated by real forks (each writes its own chunks into
+a fork of the real setup; their sealed results are made in this process and
+stored straight into moto, so seeding is not counted); then the last worker
+runs in a process of its own, talking through the counting proxy, which adds
+``--latency-ms`` to every request (a small S3 GET takes 10-30 ms; moto
+answers in under 2).
 
-    uv run python benchmarks/finalize.py --quick          # N = 10, 100 x 10 chunks
-    uv run python benchmarks/finalize.py --workers 1000 --chunks 100 --latency-ms 0 20
+Two ways for the results to arrive (``--arrival``):
+
+- ``before``: every result is there before the last worker starts (the
+  worst case for collecting: N blobs to read at once);
+- ``during``: the results land while the last worker waits, spread evenly
+  over ``--spread`` seconds. "after last" is then the time from the last
+  result landing to the commit: what the streaming merge leaves on the
+  critical path (one poll, one blob, the plan, the checks, the commit).
+
+Reported per case: the last worker's seconds (collect = its setup read, its
+writes, the wait and the merge as results arrive; commit = plan, checks,
+compare-and-set, marker, cleanup), its peak memory (ru_maxrss), and the
+requests it made. A JSON file and a PNG plot go under ``benchmarks/results/``.
+
+    uv run python benchmarks/finalize.py --quick
+    uv run python benchmarks/finalize.py --cases 1000x100 --latency-ms 20
+    uv run python benchmarks/finalize.py --cases 10x10 100x100 1000x100 10000x10 --latency-ms 0 20
 """
 
 from __future__ import annotations
@@ -23,30 +36,40 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import attrs
 import icechunk
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import RESULTS, machine, save_json, table
 from _servers import S3, clean_environ, s3_servers
 
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
+    WaitPolicy,
     WorkerIdentity,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
     icechunk_storage,
-    publish_result,
 )
+from icechunk_coop._records import result_name
+from icechunk_coop._work import open_forks, result_of
 
 SECRET = "finalize-bench-secret-0123456789"  # noqa: S105 - a benchmark's own
+DEFAULT_CASES = ["10x10", "100x10", "100x100", "1000x10", "1000x100", "10x1000", "100x1000",
+                 "10000x10"]  # fmt: skip
+QUICK_CASES = ["10x10", "100x10"]
 
 
-def _job(index: int, total: int, bucket: str, name: str, env: dict[str, str]) -> CooperativeJob:
+def _job(
+    index: int, total: int, bucket: str, name: str, env: dict[str, str], poll: float = 10.0
+) -> CooperativeJob:
     return CooperativeJob.create(
         identity=WorkerIdentity(worker_index=index, workers_total=total, job_name=name),
         rendezvous_url=f"s3://{bucket}/rendezvous",
@@ -54,11 +77,17 @@ def _job(index: int, total: int, bucket: str, name: str, env: dict[str, str]) ->
             name="primary", storage=icechunk_storage(f"s3://{bucket}/repo", env)
         ),
         environ={**env, "ICECHUNK_COOP_SECRET": SECRET},
+        policy=WaitPolicy(initial_interval=min(0.25, poll), max_interval=poll),
     )
 
 
-def seed(s3: S3, bucket: str, name: str, workers: int, chunks: int) -> None:
-    """Workers 0..N-2: setup, forks with ``chunks`` chunks each, results; all straight to moto."""
+def seed(s3: S3, bucket: str, name: str, workers: int, chunks: int) -> tuple[str, dict[str, bytes]]:
+    """Worker 0's setup (published); the job id and the sealed results of workers 0..N-2.
+
+    Each simulated worker forks the real setup and writes its own chunks, as
+    a pod would; the setup is read once and the forks are made on 8 threads,
+    so seeding 10,000 workers takes minutes, not an hour.
+    """
     env = s3.direct_env
     os.environ.update(env)  # the rendezvous's s3fs reads AWS_ENDPOINT_URL
     rows = workers * chunks
@@ -68,18 +97,48 @@ def seed(s3: S3, bucket: str, name: str, workers: int, chunks: int) -> None:
             "a", shape=(rows,), chunks=(1,), dtype="i2", fill_value=0
         )
 
-    for index in range(workers - 1):
-        job = _job(index, workers, bucket, name, env)
-        forks = get_forked_session(job, prepare if index == 0 else None)
+    first = _job(0, workers, bucket, name, env)
+    setup = get_forked_session(first, prepare).setup
+    ctx = first._ctx
+    sealer = first.meeting.rendezvous.sealer  # type: ignore[attr-defined]
+
+    def one(index: int) -> tuple[str, bytes]:
+        forks = open_forks(ctx, setup)
         array = zarr.open_array(forks.stores.primary, path="a", mode="r+")
         array[index * chunks : (index + 1) * chunks] = index % 30000
-        publish_result(job, forks, {"worker": index})
+        result = attrs.evolve(result_of(ctx, forks, {"worker": index}), index=index)
+        blob = result_name(index)
+        return blob, sealer.seal(result.to_wire(), name=blob, content="pickle")
+
+    with ThreadPoolExecutor(8) as pool:
+        return first.job_id, dict(pool.map(one, range(workers - 1)))
 
 
-def finalize_main(bucket: str, name: str, workers: int, chunks: int) -> None:
+def land(s3: S3, bucket: str, job_id: str, blobs: dict[str, bytes], spread: float) -> float:
+    """Store the sealed results straight into moto, evenly over ``spread`` seconds.
+
+    Returns the Unix time at which the last one had landed.
+    """
+    client = s3.boto3_client(counted=False, max_pool=16)
+    items = list(blobs.items())
+    started = time.monotonic()
+
+    def put(n: int) -> None:
+        if spread:
+            time.sleep(max(0.0, started + spread * (n + 1) / len(items) - time.monotonic()))
+        name, data = items[n]
+        client.put_object(Bucket=bucket, Key=f"rendezvous/{job_id}/{name}", Body=data)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(len(items))))
+    return time.time()
+
+
+def finalize_main(bucket: str, name: str, workers: int, chunks: int, poll: float) -> None:
     """The last worker, in its own process: timed, with its peak memory."""
     env = dict(os.environ)
-    job = _job(workers - 1, workers, bucket, name, env)
+    job = _job(workers - 1, workers, bucket, name, env, poll)
+    print("READY", flush=True)  # imported and built: the results may start landing
     started = time.perf_counter()
     forks = get_forked_session(job)
     array = zarr.open_array(forks.stores.primary, path="a", mode="r+")
@@ -88,67 +147,134 @@ def finalize_main(bucket: str, name: str, workers: int, chunks: int) -> None:
     collected = time.perf_counter()
     commit_merged(job, merged, message="bench")
     done = time.perf_counter()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"collect_s": collected - started, "commit_s": done - collected,
-                      "total_s": done - started, "peak_mib": peak_kib / 1024}))  # fmt: skip
+                      "total_s": done - started, "peak_mib": usage.ru_maxrss / 1024,
+                      "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "done_unix": time.time()}))  # fmt: skip
 
 
-def case(s3: S3, workers: int, chunks: int) -> dict[str, Any]:
+def case(
+    s3: S3, workers: int, chunks: int, arrival: str, spread: float, poll: float
+) -> dict[str, Any]:
     bucket = f"fin-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(bucket)
     name = f"fin{workers}x{chunks}"
     t0 = time.perf_counter()
-    seed(s3, bucket, name, workers, chunks)
+    job_id, blobs = seed(s3, bucket, name, workers, chunks)
     seeded = time.perf_counter() - t0
+    last_landed = 0.0
+    if arrival == "before":
+        last_landed = land(s3, bucket, job_id, blobs, 0.0)
     before = sum(s3.counts(bucket).values())
-    proc = subprocess.run(
-        [sys.executable, __file__, "--finalize", bucket, name, str(workers), str(chunks)],
-        env=clean_environ({**s3.env(), "ICECHUNK_LOG": "error"}),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    argv = [sys.executable, __file__, "--finalize", bucket, name, str(workers), str(chunks),
+            str(poll)]  # fmt: skip
+    env = clean_environ({**s3.env(), "ICECHUNK_LOG": "error"})
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()  # after the process's imports: start-up is not measured
+    if arrival == "during" and ready.startswith("READY"):
+        last_landed = land(s3, bucket, job_id, blobs, spread)
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row.update(workers=workers, chunks=chunks, seed_s=seeded)
+        raise RuntimeError(err[-3000:])
+    row = json.loads(out.strip().splitlines()[-1])
+    row.update(workers=workers, chunks=chunks, seed_s=seeded, arrival=arrival)
+    done_unix = row.pop("done_unix")
+    row["after_last_s"] = done_unix - last_landed if arrival == "during" else None
+    time.sleep(0.3)  # the proxy records a request when its answer is back
     row["requests"] = sum(s3.counts(bucket).values()) - before
     repo = icechunk.Repository.open(icechunk_storage(f"s3://{bucket}/repo", s3.direct_env))
     tip = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
-    if int(tip[0]) != 0 or int(tip[-1]) != 1:
-        raise RuntimeError("the commit does not hold every worker's chunks")
+    step = max(1, (workers - 1) // 50)  # about 50 workers' first and last chunks, and the last's
+    for index in [*range(0, workers - 1, step), workers - 2]:
+        got = (int(tip[index * chunks]), int(tip[(index + 1) * chunks - 1]))
+        if got != (index % 30000,) * 2:
+            raise RuntimeError(f"worker {index}'s chunks are wrong in the commit: {got}")
+    if int(tip[-1]) != 1:
+        raise RuntimeError("the last worker's chunks are missing from the commit")
     return row
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    keys = sorted({(r["latency_ms"], r["chunks"], r["arrival"]) for r in rows})
+    for latency, chunks, arrival in keys:
+        sel = sorted(
+            (r for r in rows if (r["latency_ms"], r["chunks"], r["arrival"]) == (latency, chunks,
+                                                                                  arrival)),
+            key=lambda r: r["workers"],
+        )  # fmt: skip
+        label = f"{chunks} chunks, {latency:.0f} ms, results {arrival}"
+        ns = [r["workers"] for r in sel]
+        ax_t.plot(ns, [r["total_s"] for r in sel], marker="o", label=label)
+        ax_m.plot(ns, [r["peak_mib"] for r in sel], marker="o", label=label)
+    for ax, what in ((ax_t, "last worker's seconds"), (ax_m, "peak memory, MiB")):
+        ax.set_xscale("log")
+        ax.set_xlabel("workers N")
+        ax.set_ylabel(what)
+        ax.grid(True, alpha=0.3)
+    ax_t.legend(fontsize=7)
+    fig.suptitle("Finalize scaling (moto on a shared 2-core machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--chunks", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="NxCHUNKS")
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 20.0])
-    parser.add_argument("--quick", action="store_true", help="N = 10, 100 x 10 chunks")
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--finalize", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--arrival", nargs="+", choices=("before", "during"), default=["before"])
+    parser.add_argument("--spread", type=float, default=10.0, help="seconds, for 'during'")
+    parser.add_argument("--poll", type=float, default=1.0, help="the last worker's max interval")
+    parser.add_argument("--quick", action="store_true", help=f"cases {' '.join(QUICK_CASES)}")
+    parser.add_argument("--name", default="finalize", help="file name under benchmarks/results")
+    parser.add_argument("--finalize", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.finalize:
-        bucket, name, workers, chunks = args.finalize
-        finalize_main(bucket, name, int(workers), int(chunks))
+        bucket, name, workers, chunks, poll = args.finalize
+        finalize_main(bucket, name, int(workers), int(chunks), float(poll))
         return 0
     if args.quick:
-        args.workers, args.chunks = [10, 100], [10]
-    rows = []
-    print(f"{'latency':>8} {'N':>6} {'chunks':>6} {'collect s':>10} {'commit s':>9} "
-          f"{'total s':>8} {'peak MiB':>9} {'requests':>9}")  # fmt: skip
+        args.cases, args.arrival, args.spread = QUICK_CASES, ["before", "during"], 3.0
+    cases = [tuple(int(x) for x in c.split("x")) for c in args.cases]
+    load = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    headers = ["latency ms", "arrival", "N", "chunks", "collect s", "commit s", "total s",
+               "after last s", "peak MiB", "requests"]  # fmt: skip
+    print(" | ".join(headers), flush=True)
     for latency in args.latency_ms:
         with s3_servers(latency_ms=latency) as s3:
-            for workers in args.workers:
-                for chunks in args.chunks:
-                    row = case(s3, workers, chunks) | {"latency_ms": latency}
+            for arrival in args.arrival:
+                for workers, chunks in cases:
+                    row = case(s3, workers, chunks, arrival, args.spread, args.poll)
+                    row["latency_ms"] = latency
                     rows.append(row)
-                    print(f"{latency:>8.0f} {workers:>6} {chunks:>6} {row['collect_s']:>10.2f} "
-                          f"{row['commit_s']:>9.2f} {row['total_s']:>8.2f} "
-                          f"{row['peak_mib']:>9.0f} {row['requests']:>9}", flush=True)  # fmt: skip
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
+                    print(f"{latency:.0f} | {arrival} | {workers} | {chunks} | "
+                          f"{row['collect_s']:.2f} | {row['commit_s']:.2f} | "
+                          f"{row['total_s']:.2f} | {_f(row['after_last_s'])} | "
+                          f"{row['peak_mib']:.0f} | {row['requests']}", flush=True)  # fmt: skip
+    print()
+    print(table(headers, [[f"{r['latency_ms']:.0f}", r["arrival"], r["workers"], r["chunks"],
+                           f"{r['collect_s']:.2f}", f"{r['commit_s']:.2f}", f"{r['total_s']:.2f}",
+                           _f(r["after_last_s"]), f"{r['peak_mib']:.0f}", r["requests"]]
+                          for r in rows]))  # fmt: skip
+    meta = {"command": " ".join(["uv run python benchmarks/finalize.py", *sys.argv[1:]]),
+            "spread_s": args.spread, "poll_s": args.poll,
+            **machine(load)}  # fmt: skip
+    save_json(args.name, {"meta": meta, "rows": rows})
+    plot(rows, RESULTS / f"{args.name}.png")
+    print(f"\nwrote {RESULTS / (args.name + '.json')} and {RESULTS / (args.name + '.png')}")
     return 0
 
 
