@@ -19,12 +19,14 @@ import pytest
 import zarr
 
 from icechunk_coop import (
+    CommitConflictError,
     CooperativeJob,
     IcechunkTarget,
     Stores,
     WaitPolicy,
     WorkerIdentity,
     WorkerOutcome,
+    _finalize,
     job_branch_prefix,
 )
 from icechunk_coop._meeting import StoredMeeting
@@ -164,6 +166,67 @@ def test_a_duplicate_finalizer_never_commits_twice(tmp_path: Path) -> None:
     assert repo.lookup_branch("main") == twin[0].snapshots["primary"]
     assert len(job_commits(tmp_path)) == 1
     assert not [b for b in repo.list_branches() if b.startswith(job_branch_prefix("eo-u"))]
+
+
+def temporary_branches(tmp_path: Path) -> list[str]:
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    return sorted(b for b in repo.list_branches() if b.startswith(job_branch_prefix("eo-u")))
+
+
+def test_a_twin_merging_after_its_sibling_cleaned_up_leaves_no_branch_when_it_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies of the last worker finishing a pinned plan. One read the plan, and before
+    it merges (a new temporary branch) the other commits and cleans up; it then finds the
+    job on every target, commits nothing, and dies before any cleanup. No pod of the job is
+    left to remove its branch, so the attempt must have deleted it already."""
+    run(make(tmp_path, 0))
+    with at_crash_point("after-pin-plan"), pytest.raises(Killed):
+        run(make(tmp_path, 1))  # the plan is pinned, nothing committed
+    late, sibling = make(tmp_path, 1), make(tmp_path, 1)
+    real_merge = _finalize.merge
+    inside = [False]
+
+    def sibling_finishes_first(*args: Any) -> _finalize.Merged:
+        if not inside[0]:
+            inside[0] = True
+            try:
+                assert run(sibling).status == "committed"
+            finally:
+                inside[0] = False
+            assert temporary_branches(tmp_path) == []  # its cleanup ran
+        return real_merge(*args)
+
+    def dies_unless_sibling(point: str) -> None:
+        if not inside[0]:
+            raise Killed(point)
+
+    monkeypatch.setattr(_finalize, "merge", sibling_finishes_first)
+    with at_crash_point("after-commit", dies_unless_sibling, times=2), pytest.raises(Killed):
+        run(late)
+    assert len(job_commits(tmp_path)) == 1
+    assert temporary_branches(tmp_path) == []
+
+
+def test_a_job_that_conflicts_for_good_leaves_no_branch_of_a_killed_attempt(
+    tmp_path: Path,
+) -> None:
+    """The finalizer is killed mid-merge (its branch stays); another writer then commits a
+    change overlapping the job's, so every restart fails with a conflict and none reaches
+    a cleanup: the failing one deletes the dead attempt's branch."""
+    run(make(tmp_path, 0))
+    with at_crash_point("mid-merge"), pytest.raises(Killed):
+        run(make(tmp_path, 1))
+    assert len(temporary_branches(tmp_path)) == 1
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").create_array("a", shape=(3,), dtype="i4")
+    session.commit("another writer creates the same array")
+
+    with pytest.raises(CommitConflictError):
+        run(make(tmp_path, 1))
+    assert job_commits(tmp_path) == []
+    assert temporary_branches(tmp_path) == []
 
 
 def test_a_solo_twin_that_looked_too_early_does_not_commit_again(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from icechunk_coop._context import JobContext, summary
 from icechunk_coop._drivers import BranchMoved, Merge
 from icechunk_coop._errors import (
     BranchKeptMovingError,
+    CommitConflictError,
     ForeignPayloadError,
     ForeignResultError,
     WorkersTotalMismatchError,
@@ -236,6 +237,11 @@ def commit_once(
     done.update({name: found for name, found in zip(names, landed, strict=True) if found})
     if done:
         log.info("%s: already committed: %s", ctx.where, ", ".join(done))
+        # Nothing of this attempt will be committed there, so its temporary
+        # branches go now: a twin whose sibling committed and cleaned up
+        # before this merge began would otherwise leave them if it died
+        # before its own cleanup, with no pod of the job left to remove them.
+        each(lambda name: merged.merges[name].discard(), sorted(done))
     pending = [d.name for d in ctx.drivers if d.name not in done]
     already = sorted(done)
     each(lambda name: merged.merges[name].rebase(committed=already), pending)
@@ -306,10 +312,25 @@ def commit(
     )
     try:
         return retrying(attempt)
+    except CommitConflictError:
+        # The job can never commit now (its base is pinned in the setup), so
+        # every temporary branch of it is garbage, also those of attempts
+        # killed mid-merge: no later pod would ever reach a cleanup for them.
+        _drop_branches(ctx)
+        raise
     except (BranchMoved, icechunk.RefNotFoundError) as exc:
         raise BranchKeptMovingError(
             job=ctx.job_id, attempts=ctx.commit_attempts, committed=sorted(done)
         ) from exc
+
+
+def _drop_branches(ctx: JobContext) -> None:
+    """Delete every temporary branch of the job, as far as storage lets us now."""
+    try:
+        each(lambda driver: driver.cleanup(), list(ctx.drivers))
+    except Exception as exc:  # the error being raised matters more; `clean` finds these
+        log.warning("%s: could not delete the job's temporary branches: %s", ctx.where,
+                    summary(exc)[:200])  # fmt: skip
 
 
 def after_commit(

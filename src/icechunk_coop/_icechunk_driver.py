@@ -199,9 +199,9 @@ class IcechunkDriver:
             # This replica holds the job from an attempt whose setup is gone (a
             # one-worker job restarted between targets): stage at the job's own
             # base, so the merge finds the job landed here and leaves it alone.
-            log.info("job %r: %s holds the job already; staging at its base", self.job_id,
-                     self.name)  # fmt: skip
             branch = attempt_branch(self.job_id)
+            log.info("job %r: %s holds the job already; staging at its base on %s", self.job_id,
+                     self.name, branch)  # fmt: skip
             repo.create_branch(branch, found.parent_id)
             session = repo.writable_session(branch)
         return _Staging(base=session.snapshot_id, prepared=session.fork())
@@ -222,6 +222,9 @@ class IcechunkDriver:
         own = self._own(state)
         repo = self._open(create=False)
         branch = attempt_branch(self.job_id)
+        # Named in the log: a pod killed while holding it leaves it for `clean`,
+        # and the log says whose it was.
+        log.info("job %r: merging %s on %s", self.job_id, self.name, branch)
         repo.create_branch(branch, own.base)
         session = repo.writable_session(branch)
         session.merge(own.prepared, *[f for f in forks if f is not None])
