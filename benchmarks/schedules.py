@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -56,11 +57,23 @@ ROLES = ("first", "middle", "last", "only")
 CANONICAL = "uv run python benchmarks/schedules.py --matrix --schedules 500"
 
 
+def code_version() -> str:
+    """The commit the schedules ran against, ``+changes`` if the package differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "src", "tests"], check=False)
+    return (sha.stdout.strip() or "?") + ("+changes" if dirty.returncode else "")
+
+
+CODE = code_version()
+
+
 def play(schedule: Schedule, kind: str, proxy: FaultProxy, moto: LocalS3, out: Path) -> Verdict:
     verdict = run_schedule(schedule, proxy, moto)
     line = json.loads(verdict.to_json())
     line["kind"] = kind
     line["icechunk"] = icechunk.__version__
+    line["code"] = CODE
     with out.open("a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
     mark = "VIOLATED" if verdict.outcome == "violated" else verdict.outcome
@@ -106,6 +119,7 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
     seconds = [line["seconds"] for line in lines]
     violated = [line for line in lines if line["outcome"] == "violated"]
     versions = sorted({line.get("icechunk", "?") for line in lines})
+    codes = sorted({line.get("code", "?") for line in lines})
 
     out = [
         "# Schedules under crashes, restarts, twins, stragglers and storage faults",
@@ -126,6 +140,8 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
         f"| stopped clearly, nothing half-visible (only under faults) | "
         f"{outcomes['failed-clearly']} |",
         f"| crash points x roles covered | {len(covered)} of {len(reachable)} reachable |",
+        f"| temporary branches a killed pod left, no pod of the job after it "
+        f"(removed by `icechunk-coop clean`) | {sum(line.get('left', 0) for line in lines)} |",
         f"| pods killed at a crash point | {sum(cover.values())} |",
         f"| pods SIGKILLed at a random moment | {sum(line['kills'] for line in lines)} |",
         f"| restarts of an index | {sum(line['restarts'] for line in lines)} |",
@@ -141,6 +157,7 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
         f"| seconds per schedule (median, max) | {statistics.median(seconds):.1f}, "
         f"{max(seconds):.1f} |",
         f"| icechunk | {', '.join(versions)} |",
+        f"| code (commit) | {', '.join(codes)} |",
         "",
         "## Faults injected, by kind",
         "",
@@ -187,6 +204,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="10 random schedules")
     parser.add_argument("--replay", default=None, help="one schedule's JSON, run again")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="with --replay: keep every pod's output in this folder")  # fmt: skip
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", type=Path, default=REPORT)
@@ -201,7 +220,7 @@ def main() -> int:
         with local_s3() as moto, fault_proxy(moto.endpoint_url) as proxy:
             os.environ.update(moto.env)  # the driver judges straight from moto
             if args.replay:
-                verdict = run_schedule(Schedule.from_json(args.replay), proxy, moto)
+                verdict = run_schedule(Schedule.from_json(args.replay), proxy, moto, args.logs)
                 print(verdict.to_json())
                 return 1 if verdict.outcome == "violated" else 0
             if args.matrix:

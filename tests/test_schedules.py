@@ -13,21 +13,24 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import attrs
 import icechunk
 import pytest
 import s3fs
 import zarr
 from hypothesis import HealthCheck, Phase, given, settings
 
-from icechunk_coop import icechunk_storage
-from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy
+from icechunk_coop import icechunk_storage, job_branch_prefix
+from icechunk_coop.testing import CRASH_EXIT_CODE, FaultProxy, LocalS3, fault_proxy
 from schedules import (
     ROWS_PER_JOB,
     Pod,
     Reader,
     Schedule,
     _Ended,
+    _excused,
     _judge,
+    _may_stop,
     crash_matrix,
     run_schedule,
     schedules,
@@ -108,6 +111,7 @@ def test_the_judge_sees_every_kind_of_broken_run(s3_env: LocalS3) -> None:
         root["temp"].resize((2 * ROWS_PER_JOB, 8))
         root.attrs["rows_written"] = ROWS_PER_JOB + n
         session.commit("twice", metadata={"icechunk_coop": {"job": job_id}})
+    repo.create_branch(job_branch_prefix(job_id) + "0123abcd", before)  # nobody's: not excused
     s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_env.endpoint_url).pipe(
         f"{bucket}/rendezvous/{job_id}/result-1", b"left behind"
     )
@@ -127,5 +131,25 @@ def test_the_judge_sees_every_kind_of_broken_run(s3_env: LocalS3) -> None:
         "temp differs",
         "a reader saw a partial state",
         "rendezvous left ['result-1']",
+        "repo: branches left ['icechunk-coop/j-u/0123abcd']",
     ):
         assert needle in text, (needle, broken)
+    # Stopping is right only under injected faults or a rival really overlapping the job.
+    assert not _may_stop(schedule, ended)
+
+
+def test_a_leftover_branch_is_excused_only_if_its_maker_died_and_nobody_came_after() -> None:
+    branch = job_branch_prefix("j-u") + "0123abcd"
+    made = f"INFO icechunk_coop._icechunk_driver: job 'j-u': merging primary on {branch}\n"
+    ok = 'OUTCOME {"status": "committed", "snapshots": {}}\n'
+    died = _Ended(pod=Pod(index=1, twin=True), code=CRASH_EXIT_CODE, output=made, killed=False,
+                  started=2.0, ended=5.0)  # fmt: skip
+    earlier = _Ended(pod=Pod(index=1), code=0, output=ok, killed=False, started=0.0, ended=6.0)
+    assert _excused(branch, "j-u", [earlier, died])  # its sibling cleaned up before it merged
+    later = _Ended(pod=Pod(index=0), code=0, output=ok.replace("committed", "already-committed"),
+                   killed=False, started=5.5, ended=7.0)  # fmt: skip
+    assert not _excused(branch, "j-u", [earlier, died, later])  # that one should have cleaned
+    lived = attrs.evolve(died, code=0, output=made + ok)
+    assert not _excused(branch, "j-u", [earlier, lived])  # it lived: its own cleanup's job
+    assert not _excused(branch, "j-u", [earlier])  # nobody says it made it
+    assert not _excused(job_branch_prefix("other") + "0123abcd", "j-u", [died])  # not the job's
