@@ -95,9 +95,7 @@ def test_piped_run_local_has_icechunks_warnings_without_colour_codes(job: Job) -
     assert "icechunk-coop: job wr-u1: running; " in job.run.stderr
 
 
-def test_report_prints_the_critical_path_and_draws_every_worker(
-    job: Job, tmp_path: Path
-) -> None:
+def test_report_prints_the_critical_path_and_draws_every_worker(job: Job, tmp_path: Path) -> None:
     picture = tmp_path / "out" / "timeline.png"
     proc = subprocess.run(
         cli("report", str(job.rv), "wr", "-o", str(picture)),
