@@ -138,3 +138,20 @@ def test_clean_names_a_repository_it_cannot_open(
     assert main(["clean", str(rv), "--job", "old-u1", "--repo", str(repo)]) == 2
     assert f"--repo {repo}: cannot open the repository" in capsys.readouterr().err
     assert (rv / "old-u1").exists()  # refused before removing anything
+
+
+def test_a_worker_that_fails_reports_its_error_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The library tells the other workers and raises; the error is reported once, by the caller."""
+    monkeypatch.setenv("ICECHUNK_COOP_SECRET", "x" * 32)
+    monkeypatch.setenv("COOP_TEST_RAISE_IN_WORK", "1")
+    worker = [sys.executable, str(Path(__file__).with_name("coop_worker.py"))]
+    where = ["--repo", str(tmp_path / "repo"), "--rendezvous", str(tmp_path / "rv")]
+    argv = ["run-local", "--workers", "1", "--backoff-limit-per-index", "0", "--", *worker, *where]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    said = [line for line in out.splitlines() if "worker 0 found no source files" in line]
+    assert len(said) == 1, out  # the traceback's last line, and nothing else
+    assert "failed (RuntimeError); telling the other workers" in out
+    assert "failed: worker 0 exited with 1" in err

@@ -128,15 +128,16 @@ def failure_markers(ctx: JobContext) -> Iterator[_Markers]:
 
     A ``BaseException`` that is not an ``Exception`` (a kill, Ctrl-C) leaves no
     marker, like a pod that is OOM-killed: the others wait for its retry.
+    The error itself is raised, not logged: the caller reports it, once.
     """
     state = _Markers()
     try:
         yield state
     except Exception as exc:
         text = summary(exc)
-        log.error("%s failed: %s", ctx.where, text)
         if getattr(exc, "url", None) == ctx.meeting.url:
             raise  # the meeting point itself is missing or unreachable: nowhere to tell
+        log.info("%s: failed (%s); telling the other workers", ctx.where, type(exc).__name__)
         try:
             ctx.meeting.mark_failed(result_name(ctx.identity.worker_index), text)
             if ctx.identity.is_first and not state.setup_published:
