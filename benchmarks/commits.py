@@ -38,6 +38,7 @@ wrong or a worker failed.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import sys
@@ -281,6 +282,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.workers = [4, 8, 16]
+    # s3fs clients made in worker threads are closed by the collector on another
+    # loop; aiohttp reports that as a "Task exception was never retrieved": noise.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     load = os.getloadavg()
     rows: list[dict[str, Any]] = []
     failed = False
