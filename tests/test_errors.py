@@ -291,3 +291,15 @@ def test_wait_policy_refuses_a_first_pause_longer_than_the_cap() -> None:
 def test_wait_policy_accepts_good_values() -> None:
     policy = WaitPolicy(timeout=5, initial_interval=1, max_interval=1, multiplier=1)
     assert policy.timeout == 5 and policy.initial_interval == policy.max_interval
+
+
+def test_a_worker_failure_names_the_workers_in_index_order() -> None:
+    """The index to look at, not only the blob it owed ("worker(s) result-1 failed" was not)."""
+    failures = {"result-10": "OSError: x", "result-2": "ValueError: boom", "setup": "KeyError: k"}
+    text = str(WorkerFailedError(location="s3://b/rv/j", failures=failures, job="j"))
+    assert text.startswith(
+        "job 'j': worker 0 failed (setup will not come): KeyError: k; "
+        "worker 2 failed (result-2 will not come): ValueError: boom; "
+        "worker 10 failed (result-10 will not come): OSError: x. "
+    ), text
+    assert "re-run those indexes" in text and "s3://b/rv/j" in text

@@ -240,11 +240,30 @@ class WorkerFailedError(RetryableError):
         self.failures: Final = dict(failures)
         self.job: Final = job
         what = f"job {job!r}: " if job else ""
-        detail = "; ".join(f"{name}: {summary}" for name, summary in sorted(failures.items()))
-        super().__init__(
-            f"{what}worker(s) {', '.join(sorted(failures))} failed ({detail}). "
-            f"Fix the cause and re-run those indexes; failure markers live at {location}."
+        ordered = sorted(failures.items(), key=lambda item: _worker_of(item[0]))
+        detail = "; ".join(
+            f"{_worker_of(name)[1]} failed ({name} will not come): {summary}"
+            for name, summary in ordered
         )
+        indexes = "that index" if len(failures) == 1 else "those indexes"
+        super().__init__(
+            f"{what}{detail}. Fix the cause and re-run {indexes}; failure markers live at "
+            f"{location}."
+        )
+
+
+def _worker_of(name: str) -> tuple[int, str]:
+    """Who owed the blob ``name``: ``result-3`` is worker 3's, the setup worker 0's.
+
+    A failure message names the worker (the index to look at in ``kubectl``),
+    not only the blob; the sort key puts them in index order.
+    """
+    head, _, tail = name.rpartition("-")
+    if head == "result" and tail.isdigit():
+        return int(tail), f"worker {int(tail)}"
+    if name == "setup":
+        return 0, "worker 0"
+    return -1, name
 
 
 class ForeignResultError(RetryableError):
