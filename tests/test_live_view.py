@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from icechunk_coop import SECRET_ENV
-from icechunk_coop.cli._view import LineView, ProcessView, Snapshot, region_jobs_from_line
+from icechunk_coop.cli._view import (
+    LineView,
+    ProcessView,
+    RegionCount,
+    Snapshot,
+    region_jobs_from_line,
+)
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "live-view-test-secret-0123456789abcdef"
@@ -145,11 +151,10 @@ print("LOADED", json.dumps(loaded))
 
 
 def test_region_job_counts_are_read_from_run_region_jobs_lines() -> None:
-    assert region_jobs_from_line("INFO icechunk_coop.loop: worker 1/4: 3 of 10 region jobs") == (
-        1, 0, 3,
-    )  # fmt: skip
+    share = "INFO icechunk_coop.loop: worker 1/4: 3 of 10 region jobs"
+    assert region_jobs_from_line(share) == RegionCount(worker=1, done=0, share=3, total=10)
     line = "[1] INFO icechunk_coop.loop: worker 1/4: 2/3 done, 1.5s elapsed, ~1s left"
-    assert region_jobs_from_line(line) == (1, 2, 3)
+    assert region_jobs_from_line(line) == RegionCount(worker=1, done=2, share=3)
     assert region_jobs_from_line("worker 1/4: published its result") is None
 
 
@@ -165,8 +170,10 @@ def test_run_region_jobs_logs_the_lines_the_view_reads() -> None:
     def logged(fmt: str, *args: object) -> str:
         return logging.makeLogRecord({"msg": fmt, "args": args}).getMessage()
 
-    assert region_jobs_from_line(logged(share.strip('"'), 2, 4, 5, 20, "s")) == (2, 0, 5)
-    assert region_jobs_from_line(logged(done.strip('"'), 2, 4, 1, 5, 0.5, 2.0)) == (2, 1, 5)
+    said = region_jobs_from_line(logged(share.strip('"'), 2, 4, 5, 20, "s"))
+    assert said == RegionCount(worker=2, done=0, share=5, total=20)
+    said = region_jobs_from_line(logged(done.strip('"'), 2, 4, 1, 5, 0.5, 2.0))
+    assert said == RegionCount(worker=2, done=1, share=5)
 
 
 def test_the_plain_view_writes_a_line_only_when_something_changed() -> None:

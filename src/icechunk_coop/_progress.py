@@ -98,6 +98,7 @@ class ProgressReader:
     _setup: Setup | None = attrs.field(default=None, init=False, repr=False)
     _results: dict[int, Result] = attrs.field(factory=dict, init=False, repr=False)
     _first_seen: float | None = attrs.field(default=None, init=False)
+    _unreadable: set[str] = attrs.field(factory=set, init=False, repr=False)
 
     @property
     def job_id(self) -> str | None:
@@ -123,6 +124,18 @@ class ProgressReader:
             self.url, job_id=job_id, sealer=sealer, storage_options=self.storage_options
         )
 
+    def _load(self, rv: Rendezvous, name: str) -> Any | None:
+        """A sealed blob's record wire, or None (absent, refused, or not ours to unpickle)."""
+        if name in self._unreadable:
+            return None
+        try:
+            return rv.read(name, content="pickle")  # authenticated before unpickling
+        except PayloadError:
+            return None  # a wrong secret, or a blob being replaced: the names still say a lot
+        except Exception:  # a value of a class only the workers can import (their __main__)
+            self._unreadable.add(name)
+            return None
+
     def _open(self, listing: JobListing) -> None:
         """Open (once each) the setup and the results that arrived, if the secret allows."""
         if not self.secret:
@@ -130,16 +143,16 @@ class ProgressReader:
         rv = self._rendezvous(listing.job_id)
         try:
             if self._setup is None and SETUP in listing.names:
-                wire = rv.read(SETUP, content="pickle")
+                wire = self._load(rv, SETUP)
                 self._setup = None if wire is None else Setup.from_wire(wire, rv.location(SETUP))
             for index, state in listing.workers().items():
                 if state == "arrived" and index not in self._results:
                     name = result_name(index)
-                    wire = rv.read(name, content="pickle")
+                    wire = self._load(rv, name)
                     if wire is not None:
                         self._results[index] = Result.from_wire(wire, rv.location(name))
         except PayloadError:
-            pass  # a wrong secret, or a blob being replaced: show what the names say
+            pass  # a record of another version: show what the names say
 
     def read(self) -> JobProgress | None:
         """The job now, or None if nothing of it is there (yet, or any more)."""

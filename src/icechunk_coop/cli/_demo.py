@@ -43,6 +43,7 @@ def _demo_phase(
     job_name: str,
     env: Mapping[str, str],
     log_level: str | None,
+    rendezvous: Path,
 ) -> float:
     print(f"\n=== {title}: {plural(workers, 'worker')}, job {job_name} ===", flush=True)
     started = time.monotonic()
@@ -53,6 +54,8 @@ def _demo_phase(
         extra_env=env,
         log_level=log_level,
         quiet=log_level in {"WARNING", "ERROR"},
+        rendezvous=str(rendezvous),
+        view=log_level not in {"WARNING", "ERROR"},
     )
     seconds = time.monotonic() - started
     if result.outcome == "interrupted":
@@ -83,6 +86,7 @@ def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
         job_name="demo-backfill",
         env=env,
         log_level=log_level,
+        rendezvous=rendezvous,
     )
     # A CronJob-style name: the scheduled time (minutes since the epoch) is the job start.
     start = datetime(2025, 1, 5, 1, 20, tzinfo=UTC)
@@ -94,6 +98,7 @@ def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
         job_name=cron_job,
         env={**env, "CRONJOB_NAME": "demo-update"},
         log_level=log_level,
+        rendezvous=rendezvous,
     )
     _print_history(repo)
     _check_no_empty_steps(repo)

@@ -14,9 +14,17 @@ import threading
 import time
 from typing import IO
 
+import attrs
+
 from icechunk_coop.cli._controller import LocalJob
 from icechunk_coop.cli._run_local import _isatty
-from icechunk_coop.cli._view import LineView, Snapshot, View, region_jobs_from_line
+from icechunk_coop.cli._view import (
+    LineView,
+    RegionCount,
+    Snapshot,
+    View,
+    region_jobs_from_line,
+)
 from icechunk_coop.cli._watch import Follower, open_view
 
 __all__ = ["JobMonitor"]
@@ -51,7 +59,7 @@ class JobMonitor:
             if rendezvous is None
             else Follower(rendezvous, job_id, secret=secret, workers=workers, interval=READ_SECONDS)
         )
-        self._region_jobs: dict[int, tuple[int, int]] = {}
+        self._region_jobs: dict[int, RegionCount] = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._drawn = 0.0
@@ -66,9 +74,12 @@ class JobMonitor:
 
     def on_line(self, index: int, text: str) -> None:
         found = region_jobs_from_line(text)
-        if found is not None and found[0] == index:
+        if found is not None and found.worker == index:
             with self._lock:
-                self._region_jobs[index] = (found[1], found[2])
+                before = self._region_jobs.get(index)
+                if found.total is None and before is not None:  # only the share line says it
+                    found = attrs.evolve(found, total=before.total)
+                self._region_jobs[index] = found
 
     def snapshot(self) -> Snapshot:
         follower = self._follower

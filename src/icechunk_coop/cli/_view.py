@@ -23,6 +23,7 @@ from icechunk_coop.cli._words import describe_exit
 __all__ = [
     "LineView",
     "ProcessView",
+    "RegionCount",
     "Row",
     "Snapshot",
     "View",
@@ -37,16 +38,36 @@ ProcessState = Literal["starting", "running", "restarting", "succeeded", "failed
 
 # run_region_jobs logs "worker 1/4: 3 of 10 region jobs" and "worker 1/4: 2/3 done, ...":
 # the only live count of region jobs there is, read from the worker's own output.
-_SHARE = re.compile(r"worker (\d+)/\d+: (\d+) of \d+ region jobs?\b")
+_SHARE = re.compile(r"worker (\d+)/\d+: (\d+) of (\d+) region jobs?\b")
 _DONE = re.compile(r"worker (\d+)/\d+: (\d+)/(\d+) done\b")
 
 
-def region_jobs_from_line(text: str) -> tuple[int, int, int] | None:
-    """(worker, done, share) from a ``run_region_jobs`` progress line, else None."""
+# How a count of workers in each step reads: "3 working, 1 waiting for results".
+_DOING = {
+    "waiting for setup": "waiting for the setup",
+    "setup": "setting up",
+    "work": "working",
+    "wait": "waiting for results",
+    "commit": "committing",
+}
+
+
+@attrs.frozen(kw_only=True)
+class RegionCount:
+    """One worker's region jobs: done of its share, and of the whole list where said."""
+
+    worker: int
+    done: int
+    share: int
+    total: int | None = None
+
+
+def region_jobs_from_line(text: str) -> RegionCount | None:
+    """What a ``run_region_jobs`` progress line says, else None."""
     if (found := _DONE.search(text)) is not None:
-        return int(found[1]), int(found[2]), int(found[3])
+        return RegionCount(worker=int(found[1]), done=int(found[2]), share=int(found[3]))
     if (found := _SHARE.search(text)) is not None:
-        return int(found[1]), 0, int(found[2])
+        return RegionCount(worker=int(found[1]), done=0, share=int(found[2]), total=int(found[3]))
     return None
 
 
@@ -75,7 +96,7 @@ class Snapshot:
     job_id: str
     progress: JobProgress | None = None
     processes: Mapping[int, ProcessView] = attrs.field(factory=dict)
-    region_jobs: Mapping[int, tuple[int, int]] = attrs.field(factory=dict)
+    region_jobs: Mapping[int, RegionCount] = attrs.field(factory=dict)
     elapsed: float | None = None
     timeout: float | None = None
     note: str = ""
@@ -111,12 +132,10 @@ def rows(snap: Snapshot) -> list[Row]:
         worker = workers.get(index)
         process = snap.processes.get(index)
         live = snap.region_jobs.get(index)
-        if live is not None and (worker is None or worker.step in ("work", "setup")):
-            jobs = f"{live[0]}/{live[1]}"
+        if live is not None:
+            jobs = f"{live.done}/{live.share}"
         elif worker is not None and worker.region_jobs is not None:
             jobs = str(worker.region_jobs)
-        elif live is not None:
-            jobs = f"{live[0]}/{live[1]}"
         else:
             jobs = ""
         found.append(
@@ -131,21 +150,41 @@ def rows(snap: Snapshot) -> list[Row]:
     return found
 
 
-def summary(snap: Snapshot) -> str:
-    """The job's state and how many workers are in each step, without the clock."""
+def _region_jobs(snap: Snapshot) -> str | None:
+    """``region jobs 7/12 done``: the workers' own counts, else their published results'."""
+    workers = {w.index: w for w in snap.progress.workers} if snap.progress else {}
+    done: list[int] = []
+    for index in range(snap.workers_total):
+        live, worker = snap.region_jobs.get(index), workers.get(index)
+        if live is not None:
+            done.append(live.done)
+        elif worker is not None and worker.region_jobs is not None:
+            done.append(worker.region_jobs)
+    if not done:
+        return None
+    total = snap.progress.region_jobs_total if snap.progress else None
+    total = total or next((c.total for c in snap.region_jobs.values() if c.total), None)
+    return f"region jobs {sum(done)}/{total} done" if total else f"{sum(done)} region jobs done"
+
+
+def summary(snap: Snapshot, *, counts: bool = True) -> str:
+    """The job's state and how many workers are in each step, without the clock.
+
+    ``counts=False`` leaves out the region jobs done: what the plain view
+    compares, so that it writes a line per step, not per region job.
+    """
     parts = [f"job {snap.job_id}"]
     progress = snap.progress
     if progress is None:
         parts.append("nothing in the rendezvous yet" if snap.processes == {} else "starting")
     else:
         parts.append(progress.state)
-        counts = progress.counts()
-        steps = ", ".join(f"{counts[s]} {s}" for s in steps_of(progress))
-        if steps and progress.state != "committed":
-            parts.append(steps)
-        done, total = progress.region_jobs_done, progress.region_jobs_total
-        if done is not None or total is not None:
-            parts.append(f"region jobs {done or 0}{f'/{total}' if total else ''} published")
+        steps = progress.counts()
+        doing = ", ".join(f"{steps[s]} {_DOING.get(s, s)}" for s in steps_of(progress))
+        if doing and progress.state != "committed":
+            parts.append(doing)
+    if counts and (jobs := _region_jobs(snap)) is not None:
+        parts.append(jobs)
     failed = [i for i, p in sorted(snap.processes.items()) if p.state in ("failed", "restarting")]
     if failed:
         parts.append("; ".join(f"worker {i} {snap.processes[i].words()}" for i in failed))
@@ -188,9 +227,9 @@ class LineView:
         return self._lines
 
     def update(self, snap: Snapshot) -> None:
-        text = summary(snap)
-        if text != self._last:
-            self._last = text
+        key = summary(snap, counts=False)
+        if key != self._last:
+            self._last, text = key, summary(snap)
             when = f" ({clock(snap.elapsed)} elapsed)" if snap.elapsed is not None else ""
             self._stream.write(f"{self._prefix}{text}{when}\n")
             self._stream.flush()

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import IO
 
-from icechunk_coop import SECRET_ENV, CoopError
+from icechunk_coop import SECRET_ENV
 from icechunk_coop._progress import JobProgress, ProgressReader, elapsed
 from icechunk_coop.cli._view import LineView, Snapshot, View
 
@@ -101,7 +101,7 @@ class Follower:
     def read_now(self) -> None:
         try:
             self.latest, self.error = self._reader.read(), ""
-        except (CoopError, OSError) as exc:
+        except Exception as exc:  # shown, never raised: this thread must outlive a bad read
             self.error = f"rendezvous: {str(exc).splitlines()[0][:120] if str(exc) else exc!r}"
 
     def _run(self) -> None:
