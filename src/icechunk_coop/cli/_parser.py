@@ -66,11 +66,13 @@ examples:
 _STATUS = """\
 The worker total comes from --workers, else the committed marker, else the
 setup (with ICECHUNK_COOP_SECRET set), else it is inferred. Nothing is
-unpickled, with or without the secret.
+unpickled without the secret, nor before its frame authenticates.
 
 --watch follows one job until it commits (exit 0) or fails (exit 1): in a
 terminal a live table of its workers (step, region jobs, time), otherwise a
-line each time its state changes. A job not there yet is waited for.
+line each time its state changes. A job not there yet is waited for. With
+the secret it also opens the setup and the results (authenticated first),
+for the worker total and the region jobs each worker did.
 
 examples:
   icechunk-coop status s3://bucket/rendezvous
@@ -81,8 +83,9 @@ examples:
 _REPORT = """Prints the critical path (which worker's which steps the job's end waited
 for, and how long each took) and the overhead (the job's time minus the
 slowest worker's own work), and draws every worker's steps as a PNG. The
-steps come from the committed marker; for a job still running, from its
-results (set ICECHUNK_COOP_SECRET).
+steps come from the committed marker, or for a job still running (or
+failed) from its results; both are sealed: set ICECHUNK_COOP_SECRET to the
+job's secret.
 
 examples:
   icechunk-coop report s3://bucket/rendezvous backfill-1

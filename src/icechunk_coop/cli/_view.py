@@ -196,7 +196,9 @@ def summary(snap: Snapshot, *, counts: bool = True) -> str:
 def headline(snap: Snapshot) -> str:
     """:func:`summary` with the clock: elapsed, and time left before the deadline."""
     text = summary(snap)
-    if snap.elapsed is not None:
+    if snap.elapsed is not None and snap.progress is not None and snap.progress.finished:
+        text += f" · took {clock(snap.elapsed)}"
+    elif snap.elapsed is not None:
         text += f" · {clock(snap.elapsed)} elapsed"
         if snap.timeout is not None:
             left = max(0.0, snap.timeout - snap.elapsed)
