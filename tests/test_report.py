@@ -93,6 +93,7 @@ def test_piped_run_local_has_icechunks_warnings_without_colour_codes(job: Job) -
     # With --rendezvous and no terminal: a line each time the job's state changed.
     assert "icechunk-coop: job wr-u1: committed" in job.run.stderr
     assert "icechunk-coop: job wr-u1: running; " in job.run.stderr
+    assert f"--workers 3 --rendezvous {job.rv} --" in job.run.stderr  # in the way to resume
 
 
 def test_report_prints_the_critical_path_and_draws_every_worker(job: Job, tmp_path: Path) -> None:

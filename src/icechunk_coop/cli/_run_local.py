@@ -152,6 +152,8 @@ def _resume_hint(args: argparse.Namespace, job_id: str, secret: Secret) -> str:
     if secret.file is not None:
         argv += ["--secret-file", str(secret.file)]
     argv += ["--workers", str(args.workers)]
+    if args.rendezvous:
+        argv += ["--rendezvous", args.rendezvous]
     if args.backoff_limit_per_index != DEFAULT_BACKOFF_LIMIT:
         argv += ["--backoff-limit-per-index", str(args.backoff_limit_per_index)]
     for item in args.env:

@@ -232,7 +232,11 @@ class LineView:
         key = summary(snap, counts=False)
         if key != self._last:
             self._last, text = key, summary(snap)
-            when = f" ({clock(snap.elapsed)} elapsed)" if snap.elapsed is not None else ""
+            finished = snap.progress is not None and snap.progress.finished
+            when = ""
+            if snap.elapsed is not None:
+                how = "took {}" if finished else "{} elapsed"
+                when = f" ({how.format(clock(snap.elapsed))})"
             self._stream.write(f"{self._prefix}{text}{when}\n")
             self._stream.flush()
 
