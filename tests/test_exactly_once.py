@@ -229,6 +229,22 @@ def test_a_job_that_conflicts_for_good_leaves_no_branch_of_a_killed_attempt(
     assert temporary_branches(tmp_path) == []
 
 
+def test_a_copy_publishing_after_the_cleanup_withdraws_its_result(tmp_path: Path) -> None:
+    """A copy of worker 0 loaded the setup and worked while the job finished and cleaned
+    up; its result lands after the cleanup, and no pod of the job comes after it: it must
+    remove the result itself, or the rendezvous keeps it for good."""
+    run(make(tmp_path, 0))
+
+    def the_job_finishes(point: str) -> None:
+        assert run(make(tmp_path, 1)).status == "committed"
+
+    late = make(tmp_path, 0)
+    with at_crash_point("before-publish-result", the_job_finishes):
+        assert run(late).status == "published"
+    assert late.meeting.arrived() == {COMMITTED}
+    assert len(job_commits(tmp_path)) == 1
+
+
 def test_a_solo_twin_that_looked_too_early_does_not_commit_again(tmp_path: Path) -> None:
     # One-worker job, two pods: B finds nothing committed, then A does the whole
     # job, then B reads its base (above A's commit) and must still notice.

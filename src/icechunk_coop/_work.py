@@ -15,7 +15,8 @@ import attrs
 from icechunk_coop import _crash
 from icechunk_coop._context import JobContext
 from icechunk_coop._drivers import Fork
-from icechunk_coop._records import Result, Setup, result_name
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import COMMITTED, Result, Setup, result_name
 from icechunk_coop._setup import stores_of
 from icechunk_coop._targets import Stores
 
@@ -59,9 +60,21 @@ def result_of(
     )
 
 
+def _job_committed(ctx: JobContext) -> bool:
+    return ctx.meeting.read(COMMITTED, Committed) is not None
+
+
 def publish_result(ctx: JobContext, result: Result) -> None:
     """Publish this worker's result, replacing an earlier attempt's."""
     _crash.reach("before-publish-result")
-    ctx.meeting.publish(result_name(result.index), result)
+    name = result_name(result.index)
+    ctx.meeting.publish(name, result)
     log.info("%s: published its result", ctx.where)
+    if ctx.cleanup and not ctx.identity.is_last and _job_committed(ctx):
+        # The job committed while this copy worked (a twin, a late restart), and
+        # its cleanup may have run before this result landed: nobody else would
+        # ever remove it. The marker is published before the cleanup starts, so
+        # a result that landed after the cleanup always sees it here.
+        ctx.meeting.remove(name)
+        log.info("%s: the job committed meanwhile; withdrew its result", ctx.where)
     _crash.reach("after-publish-result")
