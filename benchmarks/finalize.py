@@ -226,6 +226,17 @@ def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+HEADERS = ["latency ms", "arrival", "N", "chunks", "collect s", "commit s", "total s",
+           "after last s", "cpu s", "peak MiB", "requests"]  # fmt: skip
+
+
+def _cells(r: dict[str, Any]) -> list[object]:
+    return [f"{r['latency_ms']:.0f}", r["arrival"], r["workers"], r["chunks"],
+            f"{r['collect_s']:.2f}", f"{r['commit_s']:.2f}", f"{r['total_s']:.2f}",
+            _f(r["after_last_s"]), f"{r.get('cpu_s', 0):.1f}", f"{r['peak_mib']:.0f}",
+            r["requests"]]  # fmt: skip
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -249,6 +260,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("workers N")
         ax.set_ylabel(what)
         ax.grid(True, alpha=0.3)
+    ax_t.set_yscale("log")
     ax_t.legend(fontsize=7)
     fig.suptitle("Finalize scaling (moto on a shared 2-core machine)")
     fig.tight_layout()
@@ -264,19 +276,30 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=1.0, help="the last worker's max interval")
     parser.add_argument("--quick", action="store_true", help=f"cases {' '.join(QUICK_CASES)}")
     parser.add_argument("--name", default="finalize", help="file name under benchmarks/results")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="measure nothing: one table and plot of these runs' rows")  # fmt: skip
     parser.add_argument("--finalize", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.finalize:
         bucket, name, workers, chunks, poll = args.finalize
         finalize_main(bucket, name, int(workers), int(chunks), float(poll))
         return 0
+    if args.combine:
+        runs = [json.loads(path.read_text()) for path in args.combine]
+        rows = [row for run in runs for row in run["rows"]]
+        print(table(HEADERS, [_cells(r) for r in rows]))
+        meta = {"combined": [{"file": p.name, **run["meta"]}
+                             for p, run in zip(args.combine, runs, strict=True)]}  # fmt: skip
+        save_json(args.name, {"meta": meta, "rows": rows})
+        plot(rows, RESULTS / f"{args.name}.png")
+        print(f"\nwrote {RESULTS / (args.name + '.json')} and {RESULTS / (args.name + '.png')}")
+        return 0
     if args.quick:
         args.cases, args.arrival, args.spread = QUICK_CASES, ["before", "during"], 3.0
     cases = [tuple(int(x) for x in c.split("x")) for c in args.cases]
     load = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    headers = ["latency ms", "arrival", "N", "chunks", "collect s", "commit s", "total s",
-               "after last s", "cpu s", "peak MiB", "requests"]  # fmt: skip
+    headers = HEADERS
     print(" | ".join(headers), flush=True)
     for latency in args.latency_ms:
         with s3_servers(latency_ms=latency) as s3:
@@ -291,11 +314,7 @@ def main() -> int:
                           f"{row['cpu_s']:.1f} | {row['peak_mib']:.0f} | {row['requests']}",
                           flush=True)  # fmt: skip
     print()
-    print(table(headers, [[f"{r['latency_ms']:.0f}", r["arrival"], r["workers"], r["chunks"],
-                           f"{r['collect_s']:.2f}", f"{r['commit_s']:.2f}", f"{r['total_s']:.2f}",
-                           _f(r["after_last_s"]), f"{r['cpu_s']:.1f}", f"{r['peak_mib']:.0f}",
-                           r["requests"]]
-                          for r in rows]))  # fmt: skip
+    print(table(HEADERS, [_cells(r) for r in rows]))
     meta = {"command": " ".join(["uv run python benchmarks/finalize.py", *sys.argv[1:]]),
             "spread_s": args.spread, "poll_s": args.poll,
             **machine(load)}  # fmt: skip
