@@ -17,9 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from icechunk_coop import SECRET_ENV, ConfigurationError
-from icechunk_coop._progress import ProgressReader
-from icechunk_coop._timeline import Span, Timeline
+from icechunk_coop import SECRET_ENV, ConfigurationError, ProgressReader, Span, Timeline
 from icechunk_coop.cli import main, report
 from icechunk_coop.cli._gantt import draw_timeline
 

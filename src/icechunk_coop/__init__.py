@@ -34,6 +34,7 @@ from icechunk_coop._ledger import METADATA_KEY, job_branch_prefix, job_of_branch
 from icechunk_coop._locations import normalise_url
 from icechunk_coop._loop import Assignment, Loop, RegionJobLike, assign_jobs, run_region_jobs
 from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
+from icechunk_coop._progress import JobProgress, ProgressReader, WorkerProgress
 from icechunk_coop._rendezvous import Rendezvous
 from icechunk_coop._status import (
     JobListing,
@@ -45,6 +46,7 @@ from icechunk_coop._status import (
 )
 from icechunk_coop._storage import icechunk_storage
 from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
+from icechunk_coop._timeline import CriticalPath, Span, Timeline
 from icechunk_coop._waiting import WaitPolicy
 from icechunk_coop.cooperative import (
     CooperativeJob,
@@ -71,6 +73,7 @@ __all__ = [
     "ConfigurationError",
     "CoopError",
     "CooperativeJob",
+    "CriticalPath",
     "ForeignPayloadError",
     "ForeignResultError",
     "Forks",
@@ -78,6 +81,7 @@ __all__ = [
     "IcechunkVersionError",
     "IdentityError",
     "JobListing",
+    "JobProgress",
     "JobStatus",
     "Loop",
     "Merged",
@@ -86,19 +90,23 @@ __all__ = [
     "PayloadAuthenticationError",
     "PayloadError",
     "PayloadFormatError",
+    "ProgressReader",
     "RegionJobLike",
     "Rendezvous",
     "RetryableError",
     "Sealer",
     "ShrinkRefusedError",
+    "Span",
     "StorageUnreachableError",
     "Stores",
     "Target",
+    "Timeline",
     "WaitPolicy",
     "WaitTimeoutError",
     "WorkerFailedError",
     "WorkerIdentity",
     "WorkerOutcome",
+    "WorkerProgress",
     "WorkerState",
     "WorkersTotalMismatchError",
     "ZarrTarget",

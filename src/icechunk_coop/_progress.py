@@ -28,7 +28,11 @@ from icechunk_coop._rendezvous import Rendezvous
 from icechunk_coop._status import JobListing, JobState, find_jobs, list_jobs, read_job
 from icechunk_coop._timeline import Timeline
 
-__all__ = ["JobProgress", "ProgressReader", "WorkerProgress", "elapsed", "steps_of"]
+__all__ = ["JobProgress", "ProgressReader", "WorkerProgress"]
+
+
+# The steps a worker is seen in, in the order a job goes through them.
+_ORDER = ("waiting for setup", "setup", "work", "published", "wait", "commit", "done", "failed")
 
 
 @attrs.frozen(kw_only=True)
@@ -73,7 +77,24 @@ class JobProgress:
         found: dict[str, int] = {}
         for worker in self.workers:
             found[worker.step] = found.get(worker.step, 0) + 1
-        return found
+        return {step: found[step] for step in _ORDER if step in found}
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        """Seconds the job has run: since its first blob, or how long it took once it ended.
+
+        A committed job's blobs are cleaned up, so its time comes from the
+        committed marker's timeline (None for a marker without one).
+        """
+        committed = self.committed
+        if self.state == "committed":
+            if committed is None or not committed.timeline:
+                return None
+            spans = [span for steps in committed.timeline.values() for span in steps.values()]
+            return max(e for _, e in spans) - min(b for b, _ in spans)
+        if self.first_seen is None:
+            return None
+        end = self.last_activity if self.finished else None
+        return max(0.0, (end or (time.time() if now is None else now)) - self.first_seen)
 
 
 def _count(value: Any) -> int | None:
@@ -226,28 +247,3 @@ def _step(listing: JobListing, index: int, total: int) -> str:
     if SETUP not in names:
         return "setup" if index == 0 else "waiting for setup"
     return "work"
-
-
-def elapsed(progress: JobProgress, now: float | None = None) -> float | None:
-    """Seconds the job has run: since its first blob, or how long it took once it ended.
-
-    A committed job's blobs are cleaned up, so its time comes from the
-    committed marker's timeline (None for a marker without one).
-    """
-    committed = progress.committed
-    if progress.state == "committed":
-        if committed is None or not committed.timeline:
-            return None
-        spans = [span for steps in committed.timeline.values() for span in steps.values()]
-        return max(e for _, e in spans) - min(b for b, _ in spans)
-    if progress.first_seen is None:
-        return None
-    end = progress.last_activity if progress.finished else None
-    return max(0.0, (end or (time.time() if now is None else now)) - progress.first_seen)
-
-
-def steps_of(progress: JobProgress) -> Sequence[str]:
-    """The steps present, in the order a job goes through them."""
-    order = ("waiting for setup", "setup", "work", "published", "wait", "commit", "done", "failed")
-    present = progress.counts()
-    return [s for s in order if s in present]

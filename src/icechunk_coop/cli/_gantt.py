@@ -11,12 +11,11 @@ from pathlib import Path
 
 import attrs
 
-from icechunk_coop import ConfigurationError
-from icechunk_coop._timeline import STEPS, Timeline
+from icechunk_coop import ConfigurationError, Timeline
 
 __all__ = ["Bar", "Chart", "draw_timeline"]
 
-# Colour-blind-safe (Okabe-Ito), one per step in the order they happen.
+# Colour-blind-safe (Okabe-Ito), one per step, in the order steps happen (the legend's).
 _COLOURS = {"setup": "#E69F00", "work": "#0072B2", "wait": "#BBBBBB", "commit": "#009E73"}
 _OTHER = "#CC79A7"
 _MAX_LABELS = 60  # more rows than this: label every k-th, or the names overlap
@@ -86,8 +85,8 @@ def draw_timeline(timeline: Timeline, path: Path, *, title: str | None = None) -
         ax.set_ylim(len(rows) - 0.5, -0.5)  # worker 0 on top
         ax.set_xlabel("seconds since the first step began")
         ax.set_title(title or f"job {timeline.job_id}: where the time went")
-        used = [s for s in STEPS if any(b.step == s for b in bars)]
-        used += sorted({b.step for b in bars} - set(STEPS))
+        used = [s for s in _COLOURS if any(b.step == s for b in bars)]
+        used += sorted({b.step for b in bars} - set(_COLOURS))
         handles = [Patch(color=_COLOURS.get(s, _OTHER), label=s) for s in used]
         handles.append(Patch(facecolor="white", edgecolor="black", label="critical path"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")

@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from icechunk_coop import SECRET_ENV
-from icechunk_coop._progress import ProgressReader
-from icechunk_coop._timeline import Timeline
+from icechunk_coop import SECRET_ENV, ProgressReader, Timeline
 from icechunk_coop.cli._status import storage_errors
 from icechunk_coop.cli._words import plural, workers
 

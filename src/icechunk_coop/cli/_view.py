@@ -17,7 +17,7 @@ from typing import IO, Literal, Protocol
 
 import attrs
 
-from icechunk_coop._progress import JobProgress, steps_of
+from icechunk_coop import JobProgress
 from icechunk_coop.cli._words import describe_exit
 
 __all__ = [
@@ -179,8 +179,7 @@ def summary(snap: Snapshot, *, counts: bool = True) -> str:
         parts.append("nothing in the rendezvous yet" if snap.processes == {} else "starting")
     else:
         parts.append(progress.state)
-        steps = progress.counts()
-        doing = ", ".join(f"{steps[s]} {_DOING.get(s, s)}" for s in steps_of(progress))
+        doing = ", ".join(f"{n} {_DOING.get(s, s)}" for s, n in progress.counts().items())
         if doing and progress.state != "committed":
             parts.append(doing)
     if counts and (jobs := _region_jobs(snap)) is not None:

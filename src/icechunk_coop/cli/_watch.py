@@ -12,8 +12,7 @@ import threading
 import time
 from typing import IO
 
-from icechunk_coop import SECRET_ENV
-from icechunk_coop._progress import JobProgress, ProgressReader, elapsed
+from icechunk_coop import SECRET_ENV, JobProgress, ProgressReader
 from icechunk_coop.cli._view import LineView, Snapshot, View
 
 __all__ = ["DEFAULT_INTERVAL", "Follower", "open_view", "watch"]
@@ -66,7 +65,7 @@ def watch(
                 Snapshot(
                     job_id=reader.job_id or job,
                     progress=progress,
-                    elapsed=None if progress is None else elapsed(progress),
+                    elapsed=None if progress is None else progress.elapsed(),
                     note=note,
                 )
             )
