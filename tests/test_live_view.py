@@ -191,3 +191,26 @@ def test_the_plain_view_writes_a_line_only_when_something_changed() -> None:
         "icechunk-coop: job j-u: starting; worker 0 restarting: killed by SIGKILL (0:03 elapsed)"
     )
     assert "\x1b" not in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("names", "steps"),
+    [
+        ((), ["setup", "waiting for setup", "waiting for setup"]),
+        (("setup",), ["work", "work", "work"]),
+        (("setup", "result-0", "result-2"), ["published", "work", "wait"]),
+        (("setup", "result-0", "result-1.failed"), ["published", "failed", "work"]),
+        (("setup", "result-0", "result-1", "result-2", "plan"), ["published", "published",
+                                                                  "commit"]),
+        (("committed",), ["done", "done", "done"]),
+    ],
+    ids=["nothing", "setup", "last-waits", "one-failed", "plan-pinned", "committed"],
+)  # fmt: skip
+def test_each_workers_step_is_read_from_the_names_in_the_rendezvous(
+    names: tuple[str, ...], steps: list[str]
+) -> None:
+    from icechunk_coop import JobListing
+    from icechunk_coop._progress import _step
+
+    listing = JobListing(job_id="j-u", names=frozenset(names), newest=None)
+    assert [_step(listing, index, 3) for index in range(3)] == steps
