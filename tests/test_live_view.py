@@ -214,3 +214,19 @@ def test_each_workers_step_is_read_from_the_names_in_the_rendezvous(
 
     listing = JobListing(job_id="j-u", names=frozenset(names), newest=None)
     assert [_step(listing, index, 3) for index in range(3)] == steps
+
+
+def test_status_watch_ends_with_1_when_a_worker_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from icechunk_coop import Rendezvous, Sealer
+    from icechunk_coop.cli import main
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    rv = Rendezvous.for_job(str(tmp_path), job_id="f-u1", sealer=Sealer(job_id="f-u1", secret=None))
+    rv.mark_failed("result-1", "RuntimeError: no source files")
+    assert main(["status", str(tmp_path), "--job", "f", "--watch", "--interval", "0.1"]) == 1
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]  # the watch's one line, then the status
+    assert first.startswith("job f-u1: failed; ") and "1 failed" in first, out
+    assert "RuntimeError: no source files" in out  # the status names the failure
