@@ -230,3 +230,32 @@ def test_status_watch_ends_with_1_when_a_worker_failed(
     first = out.splitlines()[0]  # the watch's one line, then the status
     assert first.startswith("job f-u1: failed; ") and "1 failed" in first, out
     assert "RuntimeError: no source files" in out  # the status names the failure
+
+
+class _OnlyTheWorkersImportThis:
+    """Unpickles by calling a function that fails, like a class from a worker's __main__."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import operator
+
+        return operator.truediv, (1, 0)
+
+
+def test_a_setup_only_the_workers_can_unpickle_still_shows_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from icechunk_coop import ProgressReader, Rendezvous, Sealer
+    from icechunk_coop.cli import main
+
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    sealer = Sealer(job_id="m-u1", secret=SECRET.encode())
+    rv = Rendezvous.for_job(str(tmp_path), job_id="m-u1", sealer=sealer)
+    wire = {"format": "icechunk-coop/setup/1", "token": "t", "job": "m-u1", "workers_total": 3,
+            "job_start": None, "targets": {}, "decision": _OnlyTheWorkersImportThis()}  # fmt: skip
+    rv.publish("setup", wire, content="pickle")
+    assert main(["status", str(tmp_path), "--job", "m"]) == 0
+    assert "job m-u1: running" in capsys.readouterr().out
+    progress = ProgressReader(str(tmp_path), "m", secret=SECRET).read()
+    assert progress is not None
+    assert [w.step for w in progress.workers] == []  # no total known: nothing to list
+    assert progress.state == "running"

@@ -255,6 +255,8 @@ def _setup_total(rv: Rendezvous, listing: JobListing) -> int | None:
         return None if wire is None else Setup.from_wire(wire, rv.location(SETUP)).workers_total
     except PayloadError:
         return None
+    except Exception:  # worker 0's decision holds a class only the workers import (__main__)
+        return None
 
 
 def read_job(
