@@ -259,3 +259,15 @@ def test_a_setup_only_the_workers_can_unpickle_still_shows_the_job(
     assert progress is not None
     assert [w.step for w in progress.workers] == []  # no total known: nothing to list
     assert progress.state == "running"
+
+
+def test_region_jobs_done_read_as_words() -> None:
+    from icechunk_coop.cli._view import summary
+
+    one = {0: RegionCount(worker=0, done=1, share=3)}
+    assert summary(Snapshot(job_id="j", region_jobs=one)).endswith("; 1 region job done")
+    both = {**one, 1: RegionCount(worker=1, done=2, share=3, total=6)}
+    assert summary(Snapshot(job_id="j", region_jobs=both)).endswith("; region jobs 3/6 done")
+    assert summary(Snapshot(job_id="j", region_jobs=both), counts=False) == (
+        "job j: nothing in the rendezvous yet"
+    )

@@ -18,7 +18,7 @@ from typing import IO, Literal, Protocol
 import attrs
 
 from icechunk_coop import JobProgress
-from icechunk_coop.cli._words import describe_exit
+from icechunk_coop.cli._words import describe_exit, plural
 
 __all__ = [
     "LineView",
@@ -104,7 +104,7 @@ class Snapshot:
     @property
     def workers_total(self) -> int:
         known = self.progress.workers_total if self.progress else None
-        return max(known or 0, len(self.processes))
+        return max(known or 0, len(self.processes), max(self.region_jobs, default=-1) + 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +126,7 @@ def clock(seconds: float) -> str:
 
 
 def rows(snap: Snapshot) -> list[Row]:
+    """One row per worker, each cell from whichever source knows it (or left empty)."""
     workers = {w.index: w for w in snap.progress.workers} if snap.progress else {}
     found = []
     for index in range(snap.workers_total):
@@ -164,7 +165,11 @@ def _region_jobs(snap: Snapshot) -> str | None:
         return None
     total = snap.progress.region_jobs_total if snap.progress else None
     total = total or next((c.total for c in snap.region_jobs.values() if c.total), None)
-    return f"region jobs {sum(done)}/{total} done" if total else f"{sum(done)} region jobs done"
+    return (
+        f"region jobs {sum(done)}/{total} done"
+        if total
+        else f"{plural(sum(done), 'region job')} done"
+    )
 
 
 def summary(snap: Snapshot, *, counts: bool = True) -> str:
