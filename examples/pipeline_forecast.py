@@ -134,22 +134,27 @@ def get_template(end: pd.Timestamp) -> xr.Dataset:
     return ds
 
 
-def write_template(template: xr.Dataset, store: Store) -> None:
-    """Write ``template``'s metadata and coordinates into ``store``, keeping chunks already there.
+def write_template_metadata(template_ds: xr.Dataset, store: Store) -> None:
+    """Make ``store``'s metadata the template's, keeping every chunk already there.
 
-    A new dataset gets the whole template; an existing one only the init times
-    it lacks, appended (``to_zarr(mode="w")`` would delete its chunks). No data
-    chunk is written: every data value is NaN, the fill value, which zarr does
-    not store. (With dask-backed data variables this is ``to_zarr(...,
-    compute=False)``: the same metadata, no chunk.)
+    Worker 0 writes the job's template into the forks; the last worker writes
+    the final one. A new dataset gets the whole template; an existing one gets
+    the init times it lacks appended, or its arrays cut to the template's
+    length, and the template's attributes. ``to_zarr(mode="w")`` would delete
+    an existing dataset's chunks (in an Icechunk fork, and in a plain zarr
+    store at once), so it is only used on an empty store. No data chunk is
+    written: every data value of a template is NaN, the fill value, which zarr
+    does not store (with dask-backed data variables, ``to_zarr(...,
+    compute=False)`` does the same).
     """
-    present = append_dim_length(store)
+    present, length = append_dim_length(store), template_ds.sizes[APPEND_DIM]
     if present == 0:
-        template.to_zarr(
+        template_ds.to_zarr(
             store, mode="w", zarr_format=3, consolidated=False, write_empty_chunks=False
         )
-    elif template.sizes[APPEND_DIM] > present:
-        tail = template.isel({APPEND_DIM: slice(present, None)})
+        return
+    if length > present:
+        tail = template_ds.isel({APPEND_DIM: slice(present, None)})
         fixed = [name for name, v in tail.variables.items() if APPEND_DIM not in v.dims]
         tail.drop_vars(fixed).to_zarr(
             store,
@@ -158,6 +163,14 @@ def write_template(template: xr.Dataset, store: Store) -> None:
             consolidated=False,
             write_empty_chunks=False,
         )
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    if length < present:
+        for name, variable in template_ds.variables.items():
+            if APPEND_DIM in variable.dims:
+                array = root[str(name)]
+                assert isinstance(array, zarr.Array)
+                array.resize((length, *array.shape[1:]))
+    root.attrs.update(template_ds.attrs)
 
 
 def append_dim_length(store: Store) -> int:
@@ -165,19 +178,6 @@ def append_dim_length(store: Store) -> int:
         return int(zarr.open_array(store, path=APPEND_DIM, mode="r").shape[0])
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
         return 0
-
-
-def write_final_metadata(final: xr.Dataset, store: Store) -> None:
-    """The final template's shape and attributes: arrays cut to its ``init_time``."""
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
-    length = final.sizes[APPEND_DIM]
-    for name, variable in final.variables.items():
-        if APPEND_DIM in variable.dims:
-            array = root[str(name)]
-            assert isinstance(array, zarr.Array)
-            if array.shape[0] != length:
-                array.resize((length, *array.shape[1:]))
-    root.attrs.update(final.attrs)
 
 
 # ---- source files and region jobs -------------------------------------------------
@@ -455,14 +455,24 @@ class PipelineForecast:
         every worker. The template comes with the jobs, so every hook of every
         worker, a restarted last worker included, has the same one.
         """
-        visible: list[int] = []  # read once: a commit retry applies finalize again
+        visible: list[int] = []  # what readers of the primary see, read once per worker
         final_end: list[str] = []  # for the commit message, made after finalize
+
+        def refuse_to_shrink(template_ds: xr.Dataset) -> None:  # the retraction guard
+            if not visible:  # read once: a commit retry applies finalize again
+                visible.append(self.visible_length())
+            length = template_ds.sizes[APPEND_DIM]
+            if length < visible[0]:  # published steps stay published
+                raise ShrinkRefusedError(
+                    job=job.job_id, dimension=APPEND_DIM, visible=visible[0], final=length
+                )
 
         def prepare(stores: Stores, loop: Loop) -> None:  # worker 0, into the forks
             log.info("%s: %d region jobs, template to %s", mode, len(loop.jobs),
                      loop.context.attrs.get("time_coverage_end"))  # fmt: skip
+            refuse_to_shrink(loop.context)  # before any work (a backfill ending too early)
             for store in stores.all:
-                write_template(loop.context, store)
+                write_template_metadata(loop.context, store)
 
         def finalize(stores: Stores, loop: Loop, results: list[Any]) -> None:  # the last worker
             process_results: dict[str, list[SourceFileCoord]] = {}
@@ -476,15 +486,9 @@ class PipelineForecast:
                 end = final.attrs.get("time_coverage_end")
                 log.info("%s: %d source files not found, for init times %s; kept to %s",
                          mode, len(missing), steps, end)  # fmt: skip
-            if not visible:
-                visible.append(self.visible_length())
-            length = final.sizes[APPEND_DIM]
-            if length < visible[0]:  # the retraction guard: published steps stay published
-                raise ShrinkRefusedError(
-                    job=job.job_id, dimension=APPEND_DIM, visible=visible[0], final=length
-                )
+            refuse_to_shrink(final)  # before a plain zarr store loses a chunk
             for store in stores.all:
-                write_final_metadata(final, store)
+                write_template_metadata(final, store)
             final_end[:] = [final.attrs.get("time_coverage_end", "the start")]
 
         return run_region_jobs(

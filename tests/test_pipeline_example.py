@@ -251,6 +251,12 @@ def test_an_update_that_would_shrink_what_readers_see_is_refused(
     assert code == 2, caplog.text  # not retryable
     assert "ShrinkRefusedError" in caplog.text
     assert "'init_time' from 10" in caplog.text
+    # A backfill that ends before the data is refused by worker 0, before any work.
+    caplog.clear()
+    code = solo("backfill", "--end", "2025-01-02T00:00", *world.where("one"), job_name="short")
+    assert code == 2, caplog.text
+    assert "'init_time' from 10 (what readers see now) to 4" in caplog.text
+    assert " done, " not in caplog.text  # no region job ran
     assert len(world.commits("one")) == before
     xr.testing.assert_identical(world.icechunk_ds("one"), world.one)
 
