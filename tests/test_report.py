@@ -184,3 +184,15 @@ def test_report_of_a_running_job_shows_the_steps_so_far(
 
     assert main(["report", str(rv), "nothing-here", "-o", str(tmp_path / "x.png")]) == 1
     assert "nothing at" in capsys.readouterr().out
+
+
+def test_a_picture_of_many_workers_keeps_a_row_each_and_labels_some(tmp_path: Path) -> None:
+    steps = {
+        i: {"setup": (0.0, 1.0), "work": (1.0, 2.0 + i % 7)} for i in range(150)
+    }  # fmt: skip
+    steps[149]["commit"] = (9.0, 9.5)
+    chart = draw_timeline(Timeline.from_steps("big-u", steps), tmp_path / "big.png")
+    assert len(chart.rows) == 150 and len({bar.row for bar in chart.bars}) == 150
+    assert 0 < len(chart.labels) <= 60 and set(chart.labels) <= set(chart.rows)
+    assert chart.labels[0] == "worker 0"
+    assert (tmp_path / "big.png").read_bytes().startswith(PNG)
