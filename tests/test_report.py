@@ -52,7 +52,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     tmp = tmp_path_factory.mktemp("report")
     repo, rv = tmp / "repo", tmp / "rv"
     rv.mkdir()
-    env = clean_env(**{SECRET_ENV: SECRET, "COOP_TEST_SLEEP_IN_WORK": "1"})
+    env = clean_env(**{SECRET_ENV: SECRET, "COOP_TEST_SLEEP_IN_WORK": "2"})  # seen running
     watch = subprocess.Popen(
         cli("status", str(rv), "--job", "wr", "--watch", "--interval", "0.2"),
         env=env,
