@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from icechunk_coop import icechunk_storage, job_branch_prefix
 from icechunk_coop.testing import CRASH_EXIT_CODE, FaultProxy, LocalS3, fault_proxy
 from schedules import (
+    DEADLINE,
     ROWS_PER_JOB,
     Pod,
     Reader,
@@ -56,6 +57,9 @@ def check(schedule: Schedule, proxy: FaultProxy, moto: LocalS3) -> None:
     )
 
 
+# Each schedule ends within its own deadline (a hang is a violation, judged); the default
+# per-test timeout would cut a run of several schedules short on a loaded machine.
+@pytest.mark.timeout(EXAMPLES * DEADLINE + 60)
 @settings(
     max_examples=EXAMPLES,
     derandomize=True,
