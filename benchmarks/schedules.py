@@ -74,6 +74,7 @@ def play(schedule: Schedule, kind: str, proxy: FaultProxy, moto: LocalS3, out: P
     line["kind"] = kind
     line["icechunk"] = icechunk.__version__
     line["code"] = CODE
+    line["load"] = round(os.getloadavg()[0], 1)  # the machine's, at the end of the schedule
     with out.open("a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
     mark = "VIOLATED" if verdict.outcome == "violated" else verdict.outcome
@@ -103,7 +104,7 @@ def run_random(n: int, seed: int, proxy: FaultProxy, moto: LocalS3, out: Path) -
 # ---- the report --------------------------------------------------------------------------
 
 
-def render(lines: list[dict[str, Any]], command: str) -> str:
+def render(lines: list[dict[str, Any]], command: str, note: str = "") -> str:
     outcomes = Counter(line["outcome"] for line in lines)
     by_kind = Counter(line["kind"] for line in lines)
     cover: Counter[tuple[str, str]] = Counter()
@@ -120,6 +121,11 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
     violated = [line for line in lines if line["outcome"] == "violated"]
     versions = sorted({line.get("icechunk", "?") for line in lines})
     codes = sorted({line.get("code", "?") for line in lines})
+    loads = [line["load"] for line in lines if "load" in line]
+    load_row = [
+        f"| machine load, 1-min average at the end of a schedule (median, max) | "
+        f"{statistics.median(loads):.1f}, {max(loads):.1f} |"
+    ] if loads else []  # fmt: skip
 
     out = [
         "# Schedules under crashes, restarts, twins, stragglers and storage faults",
@@ -131,6 +137,7 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
         "environment) against a moto S3 server behind the fault proxy, with a reader",
         "polling `main` the whole time.",
         "",
+        *([note, ""] if note else []),
         "| | |",
         "|---|---|",
         f"| schedules run | {len(lines)} ({by_kind['random']} random, "
@@ -156,6 +163,7 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
         f"| reader's reads of `main` | {sum(line['reads'] for line in lines)} |",
         f"| seconds per schedule (median, max) | {statistics.median(seconds):.1f}, "
         f"{max(seconds):.1f} |",
+        *load_row,
         f"| icechunk | {', '.join(versions)} |",
         f"| code (commit) | {', '.join(codes)} |",
         "",
@@ -207,6 +215,7 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, default=None,
                         help="with --replay: keep every pod's output in this folder")  # fmt: skip
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--note", default="", help="a paragraph for the report (how it was run)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
@@ -230,7 +239,7 @@ def main() -> int:
                 run_random(args.schedules, args.seed, proxy, moto, args.out)
         print(f"done in {time.monotonic() - started:.0f} s", flush=True)
     lines = [json.loads(t) for t in args.out.read_text().splitlines() if t.strip()]
-    args.report.write_text(render(lines, CANONICAL))
+    args.report.write_text(render(lines, CANONICAL, args.note))
     print(f"{args.report}: {len(lines)} schedules, "
           f"{sum(1 for x in lines if x['outcome'] == 'violated')} violations")  # fmt: skip
     return 1 if any(x["outcome"] == "violated" for x in lines) else 0
