@@ -102,7 +102,8 @@ def test_a_crash_then_a_restart_with_real_processes(
 
 
 def test_the_judge_sees_every_kind_of_broken_run(s3_env: LocalS3) -> None:
-    """The checker can fail: a doubled commit, wrong data, a torn read, a leftover, a bad exit."""
+    """The checker can fail: a doubled commit, wrong data, a lost rival commit, a torn read,
+    leftovers, a bad exit."""
     bucket = f"judge-{uuid.uuid4().hex[:8]}"
     s3_env.create_bucket(bucket)
     url = f"s3://{bucket}/repo"
@@ -126,13 +127,16 @@ def test_the_judge_sees_every_kind_of_broken_run(s3_env: LocalS3) -> None:
     reader = Reader(url, s3_env.env)
     reader.seen = [(before, ROWS_PER_JOB, True), ("torn", 2 * ROWS_PER_JOB, False)]
     ended = [_Ended(pod=Pod(index=1), code=1, output="RuntimeError: boom\n", killed=False)]
-    broken = _judge(schedule, ended, False, job_id, bucket, s3_env, reader, {before}, [])
+    rival = ["1CECHUNK0RIVA1C0MM1T"]  # a rival commit that is not in main's history
+    broken = _judge(schedule, ended, False, job_id, bucket, s3_env, reader, {before}, rival)
     text = "\n".join(broken)
     for needle in (
         "hang",
         "worker 1 (pod) exited 1 (RuntimeError)",
         "the job committed 2 times",
         "temp differs",
+        "final metadata wrong",
+        "the other writer's commit was lost",
         "a reader saw a partial state",
         "rendezvous left ['result-1']",
         "repo: branches left ['icechunk-coop/j-u/0123abcd']",
