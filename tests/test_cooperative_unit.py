@@ -176,7 +176,9 @@ def test_insecure_mode_is_refused_for_remote_repositories(tmp_path: Path) -> Non
         storage=icechunk.s3_storage(bucket="b", prefix="p", region="us-east-1", from_env=True),
     )
     rv = str(tmp_path / "rv")
-    with pytest.raises(MissingSecretError, match=r"not local.*ICECHUNK_COOP_SECRET") as info:
+    with pytest.raises(
+        MissingSecretError, match=r"are not: primary.*Set ICECHUNK_COOP_SECRET"
+    ) as info:
         CooperativeJob.create(
             identity=identity, rendezvous_url=rv, primary=remote, environ=insecure
         )

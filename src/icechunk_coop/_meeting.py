@@ -298,8 +298,9 @@ def meeting_for(
             remote.append(f"rendezvous {rendezvous.url}")
         if remote:
             raise MissingSecretError(
-                f"job {identity.job_id!r}: {INSECURE_ENV} is for local development only, "
-                f"and {', '.join(remote)} are not local; set {SECRET_ENV} to the same "
-                "random value in every worker (e.g. from a Kubernetes Secret)"
+                f"job {identity.job_id!r}: {INSECURE_ENV}=1 works only when the "
+                f"rendezvous and every target are local files, and these are not: "
+                f"{', '.join(remote)}. Set {SECRET_ENV} to the same random value in "
+                "every worker instead (e.g. from a Kubernetes Secret)"
             )
     return StoredMeeting(rendezvous=rendezvous)

@@ -117,7 +117,8 @@ class Sealer:
         raise MissingSecretError(
             f"no shared secret: set {SECRET_ENV} to the same random value in every "
             f"worker of job {job_id!r} (e.g. from a Kubernetes Secret), or set "
-            f"{INSECURE_ENV}=1 to run without authentication on your own machine"
+            f"{INSECURE_ENV}=1 to run without authentication (only when the rendezvous "
+            "and every target are local files)"
         )
 
     @property
