@@ -16,7 +16,7 @@ random moment of its rhythm's window, and measures
   says what a poll's listing costs here (moto is far slower than S3 at it);
 - **requests per waiting worker per minute** (counted by the proxy, LIST
   and GET, with ``--latency-ms`` added to each), overall and in the steady
-  state (after ``--steady-after`` seconds, once the default backoff is capped).
+  state (once the rhythm's pauses have settled: ``STEADY_AFTER``).
 
 Side by side in the same run, the same waiters with other rhythms:
 ``coop-default`` (``WaitPolicy()``: backoff to pauses of 5-10 s),
@@ -85,6 +85,9 @@ def _fixed_interval(rv: Rendezvous, name: str, interval: float, deadline: float)
 #: When each rhythm's blobs land (seconds after its waiters start): past the default
 #: policy's 18.5 s warm-up for coop-default, so its pauses are the steady 5-10 s.
 WINDOWS = {"coop-default": (25.0, 65.0), "coop-fast": (5.0, 25.0), "ls-every-10s": (5.0, 35.0)}
+#: When each rhythm's pauses have settled: the default policy needs 18.5 s to reach its
+#: cap, the fast one about 3 s; a fixed interval is steady from the start.
+STEADY_AFTER = {"coop-default": 20.0, "coop-fast": 3.0, "ls-every-10s": 0.0}
 
 
 def list_seconds(s3: S3, bucket: str, job: str) -> float:
@@ -103,6 +106,7 @@ def run_rhythm(
 ) -> dict[str, Any]:
     """``--waiters`` waiters at once, for one N, their blobs landing at random moments."""
     window = WINDOWS[rhythm] if args.land is None else tuple(args.land)
+    settle = STEADY_AFTER[rhythm] if args.steady_after is None else args.steady_after
     timeout = window[1] + 300
     policy = {"coop-default": WaitPolicy(timeout=timeout),
               "coop-fast": WaitPolicy(timeout=timeout, max_interval=1.0)}.get(rhythm)  # fmt: skip
@@ -154,8 +158,8 @@ def run_rhythm(
     time.sleep(0.3)  # the proxy records a request when its answer is back
     events = [e for e in s3.events(bucket) if start_unix - 1.0 <= e[0] <= end_unix]
     waited_min = sum(s["waited_s"] for s in samples) / 60
-    steady_min = sum(max(0.0, s["seen"] - (start + args.steady_after)) for s in samples) / 60
-    steady = [e for e in events if e[0] >= start_unix + args.steady_after]
+    steady_min = sum(max(0.0, s["seen"] - (start + settle)) for s in samples) / 60
+    steady = [e for e in events if e[0] >= start_unix + settle]
     lat = sorted(s["latency_s"] for s in samples) or [float("nan")]
     return {
         "rhythm": rhythm, "workers": n, "waiters": len(samples), "land_window_s": window,
@@ -210,7 +214,7 @@ def main() -> int:
     parser.add_argument("--land", type=float, nargs=2, metavar=("FROM", "TO"),
                         help="when the blobs land, s after the waiters start "
                         "(default: per rhythm)")  # fmt: skip
-    parser.add_argument("--steady-after", type=float, default=20.0)
+    parser.add_argument("--steady-after", type=float, help="s (default: per rhythm)")
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--quick", action="store_true")
@@ -218,7 +222,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.workers, args.waiters = [10, 1000], 4
-        args.rhythms, args.land, args.steady_after = ["coop-fast", "ls-every-10s"], [5.0, 20.0], 3.0
+        args.rhythms, args.land = ["coop-fast", "ls-every-10s"], [5.0, 20.0]
     load = os.getloadavg()
     rows: list[dict[str, Any]] = []
     with s3_servers(latency_ms=args.latency_ms) as s3:
@@ -254,7 +258,8 @@ def main() -> int:
     print(table(headers, lines))
     meta = {"command": " ".join(["uv run python benchmarks/detection.py", *sys.argv[1:]]),
             "waiters_are": "threads of one process", "latency_ms": args.latency_ms,
-            "land_window_s": args.land or WINDOWS, "steady_after_s": args.steady_after,
+            "land_window_s": args.land or WINDOWS,
+            "steady_after_s": args.steady_after or STEADY_AFTER,
             **machine(load)}  # fmt: skip
     save_json(args.name, {"meta": meta, "rows": rows})
     plot(rows, RESULTS / f"{args.name}.png")
