@@ -3,8 +3,11 @@
 It is reformatters' shape with ``run_region_jobs`` in its ``_process_region_jobs``:
 pydantic region jobs per shard and variable group, the template written with
 xarray on worker 0, source-file results with ``pd.Timestamp``s, a final
-template and a retraction guard on the last worker. The 8-worker backfill is
-the expensive part (8 processes importing xarray), so it runs once per module.
+template and a retraction guard on the last worker. Jobs of several workers
+are run by ``run-local`` as real processes; one-worker jobs (the reference
+backfill, the refusals) run in this process, which saves a start-up each. The
+8-worker backfill is the expensive part (8 processes importing xarray), so it
+runs once per module.
 """
 
 from __future__ import annotations
