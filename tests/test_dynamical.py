@@ -6,16 +6,29 @@ import re
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import attrs
 import icechunk
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
+import zarr.storage
 
-from icechunk_coop import METADATA_KEY, icechunk_storage
+from icechunk_coop import (
+    METADATA_KEY,
+    ConfigurationError,
+    ShrinkRefusedError,
+    Stores,
+    WorkerIdentity,
+    ZarrTarget,
+    icechunk_storage,
+)
+from icechunk_coop.dynamical import DynamicalDataset, JobOptions, Mode, RegionJob, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "synthetic_forecast.py")
@@ -206,3 +219,93 @@ def test_a_backfill_that_ends_before_the_data_says_what_it_kept(
     ) in again.stderr
     after = open_ds(repo, base_env)
     xr.testing.assert_identical(after.drop_attrs(), before.drop_attrs())
+
+
+# ---- a plain zarr v3 primary through the adapter ----------------------------------
+
+HOUR0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def hours_to(t: datetime) -> int:
+    return int((t - HOUR0) / timedelta(hours=1))
+
+
+def hours_present(store: Store) -> int:
+    try:
+        return int(zarr.open_array(store, path="v", mode="r").shape[0])
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+        return 0
+
+
+@attrs.frozen(kw_only=True)
+class HourJob(RegionJob):
+    """Hour ``index`` of a one-variable dataset: ``v[index] = index``."""
+
+    index: int
+
+    def process(self, primary_store: Store, replica_stores: Sequence[Store]) -> int:
+        zarr.open_array(primary_store, path="v", mode="r+")[self.index] = self.index
+        return self.index
+
+    @classmethod
+    def get_jobs(cls, dataset: Any, *, end: datetime) -> list[HourJob]:
+        return [cls(index=i) for i in range(hours_to(end))]
+
+    @classmethod
+    def operational_update_jobs(cls, dataset: Any, *, job_start: datetime) -> list[HourJob]:
+        return [cls(index=i) for i in range(dataset.present(), hours_to(job_start))]
+
+
+@attrs.frozen(kw_only=True)
+class HourlyZarrDataset(DynamicalDataset):
+    region_job_class: ClassVar[type[RegionJob]] = HourJob
+    append_dim: ClassVar[str] = "t"
+
+    url: str
+
+    def primary(self) -> ZarrTarget:
+        return ZarrTarget(name="primary", url=self.url)
+
+    def present(self) -> int:
+        return hours_present(zarr.storage.LocalStore(self.url, read_only=True))
+
+    def expand(self, stores: Stores, *, end: datetime, mode: Mode) -> None:
+        root = zarr.open_group(stores.primary, mode="a", zarr_format=3)
+        if "v" not in root:
+            root.create_array(
+                "v", shape=(0,), chunks=(1,), dtype="f8", fill_value=np.nan, dimension_names=["t"]
+            )
+        array = root["v"]
+        assert isinstance(array, zarr.Array)
+        array.resize((max(array.shape[0], hours_to(end)),))
+
+    def append_dim_length(self, store: Store) -> int:
+        return hours_present(store)
+
+    def write_final_metadata(self, stores: Stores, results: list[Any], *, mode: Mode) -> None:
+        array = zarr.open_array(stores.primary, path="v", mode="r+")
+        array.resize((max(results, default=-1) + 1,))  # through the last hour written
+
+
+def test_a_plain_zarr_primary_through_the_adapter_updates_and_refuses_to_shrink(
+    tmp_path: Path,
+) -> None:
+    url, rv = str(tmp_path / "plain.zarr"), str(tmp_path / "rv")
+    dataset = HourlyZarrDataset(url=url)
+
+    def options(name: str, start: datetime | None = None) -> JobOptions:
+        me = WorkerIdentity(worker_index=0, workers_total=1, job_name=name, job_start=start)
+        return {"rendezvous_url": rv, "identity": me}
+
+    with pytest.raises(ConfigurationError, match="run a backfill first"):
+        dataset.update(**options("typo", HOUR0 + timedelta(hours=8)))
+    assert not (tmp_path / "plain.zarr").exists()
+    dataset.backfill(end=HOUR0 + timedelta(hours=5), **options("bf"))
+    # The update reads the plain store to resume from hour 5, and commits.
+    assert dataset.update(**options("up", HOUR0 + timedelta(hours=8))).status == "committed"
+    values = zarr.open_array(zarr.storage.LocalStore(url, read_only=True), path="v", mode="r")[:]
+    assert values.tolist() == list(range(8))
+    # An update with nothing to write would cut 't' to 0: what readers of the store see counts.
+    with pytest.raises(ShrinkRefusedError, match="'t' from 8"):
+        dataset.update(**options("early", HOUR0 + timedelta(hours=3)))
+    assert dataset.present() == 8

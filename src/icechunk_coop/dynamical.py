@@ -28,13 +28,15 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Required, TypedDict, Unpack
 
+import zarr
 import zarr.abc.store
 
 from icechunk_coop._errors import ConfigurationError, ShrinkRefusedError
 from icechunk_coop._identity import WorkerIdentity
 from icechunk_coop._loop import Loop, run_region_jobs
-from icechunk_coop._targets import IcechunkTarget, Stores, Target
+from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
 from icechunk_coop._waiting import WaitPolicy
+from icechunk_coop._zarr_staging import open_zarr_store
 from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
 
 __all__ = [
@@ -104,8 +106,8 @@ class DynamicalDataset(abc.ABC):
     append_dim: ClassVar[str]
 
     @abc.abstractmethod
-    def primary(self) -> IcechunkTarget:
-        """The primary Icechunk repository (committed last)."""
+    def primary(self) -> Target:
+        """The primary: an Icechunk repository or a plain zarr v3 store (committed last)."""
 
     def replicas(self) -> Sequence[Target]:
         """Icechunk repositories or plain zarr v3 stores, committed before the primary."""
@@ -221,17 +223,26 @@ class DynamicalDataset(abc.ABC):
         """An update extends data that exists: a typo in a URL must not start a new dataset."""
         target = self.primary()
         try:
-            target.open(create=False)
-        except Exception as exc:  # icechunk raises several kinds for "not there"
+            _readers_store(target)
+        except Exception as exc:  # icechunk and zarr raise several kinds for "not there"
+            where = target.location if isinstance(target, IcechunkTarget) else target.url
             raise ConfigurationError(
-                f"job {job_id!r}: no repository at {target.location} ({type(exc).__name__}); "
+                f"job {job_id!r}: no dataset at {where} ({type(exc).__name__}); "
                 "an update extends an existing dataset: check the URL, or run a backfill first"
             ) from exc
 
     def _visible_length(self) -> int:
-        target = self.primary()
         try:
-            repo = target.open(create=False)
-        except Exception:  # no repository yet: readers see nothing
+            store = _readers_store(self.primary())
+        except Exception:  # no repository or store yet: readers see nothing
             return 0
-        return self.append_dim_length(repo.readonly_session(target.branch).store)
+        return self.append_dim_length(store)
+
+
+def _readers_store(target: Target) -> Store:
+    """The primary as its readers see it now; raises when there is no dataset."""
+    if isinstance(target, ZarrTarget):
+        store = open_zarr_store(target)
+        zarr.open_group(store, mode="r")  # a plain store has a dataset once its root is there
+        return store
+    return target.open(create=False).readonly_session(target.branch).store
