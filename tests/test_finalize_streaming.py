@@ -11,6 +11,8 @@ import zarr
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
+    Rendezvous,
+    Sealer,
     Stores,
     WaitPolicy,
     WorkerFailedError,
@@ -126,3 +128,16 @@ def test_a_wait_that_fails_leaves_no_temporary_branch(tmp_path: Path) -> None:
     with pytest.raises(WorkerFailedError, match="worker 1 broke"):
         get_merged_sessions(last, get_forked_session(last))
     assert repo_of(tmp_path).list_branches() == {"main"}
+
+
+def test_many_blobs_are_read_in_batches_and_each_handed_over_once(tmp_path: Path) -> None:
+    """More blobs than one fetch batch: every one arrives once, whatever the batching."""
+    sealer = Sealer.from_env("many", {"ICECHUNK_COOP_SECRET": SECRET})
+    rv = Rendezvous.for_job(str(tmp_path / "rv"), job_id="many", sealer=sealer)
+    names = [f"result-{i}" for i in range(300)]
+    for i, name in enumerate(names):
+        rv.publish(name, {"i": i})
+    seen: list[str] = []
+    got = rv.wait_for_all(names, on_arrival=lambda name, value: seen.append(name))
+    assert sorted(seen) == sorted(names)
+    assert [got[n]["i"] for n in names] == list(range(300))

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
 
-from icechunk_coop._blobs import BlobStore, RequestCounter
+from icechunk_coop._blobs import FETCH_CONCURRENCY, BlobStore, RequestCounter
 from icechunk_coop._errors import (
     ConfigurationError,
     WaitTimeoutError,
@@ -34,6 +35,10 @@ from icechunk_coop._waiting import WaitPolicy, poll_until
 __all__ = ["Rendezvous", "RequestCounter", "WaitInterrupted"]
 
 log = logging.getLogger(__name__)
+
+#: Blobs read per batch while the previous batch is being opened (a few rounds of
+#: FETCH_CONCURRENCY concurrent GETs each).
+_FETCH_BATCH = 4 * FETCH_CONCURRENCY
 
 
 class WaitInterrupted(Exception):  # noqa: N818 - a signal between layers, not an error
@@ -236,6 +241,26 @@ class Rendezvous:
         log.info("waiting for %s", self.location(name))
         return poll_until(probe, policy or self.policy, timeout)[0]
 
+    def _fetched(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """The blobs of ``names`` that exist, fetched a batch ahead of the caller.
+
+        While the caller opens (and merges) one batch, the next is already
+        being read: collecting N blobs then costs about the longer of reading
+        and opening them, not both one after the other, and holds at most two
+        batches of raw bytes at a time.
+        """
+        batches = [names[i : i + _FETCH_BATCH] for i in range(0, len(names), _FETCH_BATCH)]
+        if len(batches) <= 1:
+            yield from (self._blobs.get_many(batches[0]) if batches else {}).items()
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icechunk-coop-fetch") as pool:
+            ahead = pool.submit(self._blobs.get_many, batches[0])
+            for following in [*batches[1:], None]:
+                found = ahead.result()
+                if following is not None:
+                    ahead = pool.submit(self._blobs.get_many, following)
+                yield from found.items()
+
     def wait_for_all(
         self,
         names: Sequence[str],
@@ -268,7 +293,7 @@ class Rendezvous:
                 )
             self._interrupt(unless, present)
             new = [n for n in wanted if n in present and n not in got]
-            for name, data in self._blobs.get_many(new).items():
+            for name, data in self._fetched(new):
                 got[name] = self.sealer.open(
                     data, name=name, location=self.location(name), expect=content
                 )
