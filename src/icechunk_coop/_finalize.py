@@ -125,7 +125,8 @@ def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merg
 
     Memory grows with N x chunks as before: the results are kept (the plan
     pins them whole), the merged session holds one reference per chunk
-    written; the raw blobs of a poll are dropped once decoded.
+    written; raw blobs are dropped once decoded (two fetch batches at most
+    are held at a time).
     """
     names = [result_name(i) for i in range(ctx.identity.workers_total)]
     index_of = {name: i for i, name in enumerate(names)}
