@@ -365,10 +365,12 @@ class PipelineForecast:
     zarr_primary: bool = False
     policy: WaitPolicy | None = None
 
-    def primary(self) -> Target:
+    def primary(self, *, create: bool = True) -> Target:
+        """``create=False`` for an update: a missing repository stops the job's setup."""
         if self.zarr_primary:
             return ZarrTarget(name="primary", url=self.repo_url)
-        return IcechunkTarget(name="primary", storage=icechunk_storage(self.repo_url))
+        storage = icechunk_storage(self.repo_url)
+        return IcechunkTarget(name="primary", storage=storage, create=create)
 
     def replicas(self) -> list[Target]:
         return [
@@ -392,10 +394,12 @@ class PipelineForecast:
         store = self.readers_store()
         return 0 if store is None else append_dim_length(store)
 
-    def cooperative_job(self, rendezvous_url: str, **options: Any) -> CooperativeJob:
+    def cooperative_job(
+        self, rendezvous_url: str, *, create: bool = True, **options: Any
+    ) -> CooperativeJob:
         return CooperativeJob.create(
             rendezvous_url=rendezvous_url,
-            primary=self.primary(),
+            primary=self.primary(create=create),
             replicas=self.replicas(),
             policy=self.policy,
             **options,
@@ -420,17 +424,17 @@ class PipelineForecast:
         it. The job list reads the primary, so it is built once, on worker 0,
         and pinned for every worker: a callable.
         """
-        job = self.cooperative_job(rendezvous_url, job_start=(lambda: clock) if clock else None)
-        # Before the run: its setup would create a missing repository (a typo in a URL).
-        if job.identity.is_first and not job.is_committed() and self.visible_length() == 0:
-            raise ConfigurationError(
-                f"no dataset at {self.repo_url}: an update extends an existing dataset; "
-                "check the URL, or run a backfill first"
-            )
+        start = (lambda: clock) if clock else None
+        job = self.cooperative_job(rendezvous_url, create=False, job_start=start)
 
         def jobs(job: CooperativeJob) -> list[ForecastRegionJob]:
+            # On worker 0, in the job's setup: a refusal here stops every worker.
             store = self.readers_store()
-            assert store is not None, "checked before the run"
+            if store is None:  # an Icechunk primary is refused earlier (create=False)
+                raise ConfigurationError(
+                    f"no dataset at {self.repo_url}: an update extends an existing dataset; "
+                    "check the URL, or run a backfill first"
+                )
             update_jobs, _template = ForecastRegionJob.operational_update_jobs(
                 store,
                 job_start=as_naive_utc(job.job_start),
@@ -559,10 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             outcome = dataset.update(rendezvous_url=args.rendezvous, clock=args.clock)
     except CoopError as exc:
-        if exc.retryable:
-            raise  # exit 1: the pod's retry may well succeed
         log.error("%s: %s", type(exc).__name__, exc)
-        return EXIT_NOT_RETRYABLE
+        # Exit 1 when the pod's retry may well succeed, 2 when it cannot.
+        return 1 if exc.retryable else EXIT_NOT_RETRYABLE
     results = outcome.result or []
     start = outcome.job_start.isoformat() if outcome.job_start else "unknown"
     print(

@@ -326,10 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 job_start=(lambda: clock) if clock else None,
             )
     except CoopError as exc:
-        if exc.retryable:
-            raise  # exit 1: the pod's retry may well succeed
         log.error("%s: %s", type(exc).__name__, exc)
-        return EXIT_NOT_RETRYABLE
+        # Exit 1 when the pod's retry may well succeed, 2 when it cannot.
+        return 1 if exc.retryable else EXIT_NOT_RETRYABLE
     jobs = outcome.result or []
     print(
         f"worker {identity.worker_index}/{identity.workers_total}: {outcome.status}; "

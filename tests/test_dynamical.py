@@ -29,6 +29,7 @@ from icechunk_coop import (
     icechunk_storage,
 )
 from icechunk_coop.dynamical import DynamicalDataset, JobOptions, Mode, RegionJob, Store
+from icechunk_coop.testing import start_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "synthetic_forecast.py")
@@ -166,6 +167,23 @@ def test_an_update_refuses_a_missing_repository(tmp_path: Path, base_env: dict[s
     assert proc.returncode == 2, proc.stderr  # not retryable
     assert "run a backfill first" in proc.stderr
     assert not (tmp_path / "r").exists()  # nothing was created
+
+
+def test_an_update_of_a_missing_repository_stops_every_worker(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    # Worker 0 refuses in the job's setup, so worker 1 (a separate pod) stops with
+    # it instead of waiting for a setup that never comes.
+    repo, rv = tmp_path / "typo", str(tmp_path / "rv")
+    argv = [sys.executable, EXAMPLE, "update", "--repo", str(repo), "--rendezvous", rv]
+    env = {**base_env, "JOB_START": "2025-01-04T06:00Z"}
+    procs = start_workers(argv, 2, job_name="typo", job_uid="t1", secret=SECRET, env=env)
+    outputs = {i: p.communicate(timeout=240)[0] for i, p in procs.items()}
+    assert procs[0].returncode == 2, outputs[0]
+    assert "run a backfill first" in outputs[0]
+    assert procs[1].returncode != 0, outputs[1]
+    assert "worker 0 failed" in outputs[1] and "Traceback" not in outputs[1], outputs[1]
+    assert not repo.exists()  # nothing was created
 
 
 @pytest.mark.slow

@@ -231,9 +231,11 @@ def test_messages_carry_the_facts() -> None:
 def test_missing_location_says_what_to_create() -> None:
     plain = MissingLocationError(url="s3://nope/rv", role="rendezvous")
     assert str(plain) == (
-        "rendezvous at s3://nope/rv does not exist or cannot be written. Create the bucket "
-        "(or fix the URL) and run the job again; nothing was written."
+        "rendezvous at s3://nope/rv does not exist or cannot be written. Fix: create the "
+        "bucket (or fix the URL), and run the job again; nothing was written."
     )
+    repo = MissingLocationError(url="/r", role="the repository", fix="run a backfill first")
+    assert "Fix: run a backfill first, and run the job again" in str(repo)
     detailed = MissingLocationError(url="s3://b", role="target 'primary'", detail="NoSuchBucket")
     assert str(detailed).startswith(
         "target 'primary' at s3://b does not exist or cannot be written: NoSuchBucket. "

@@ -40,7 +40,7 @@ def test_a_rendezvous_in_a_missing_bucket_is_refused_by_every_worker(
         with pytest.raises(MissingLocationError, match="s3://no-such-bucket/rv") as info:
             worker.run(work=lambda stores: None, message="m")
         assert not info.value.retryable
-        assert "Create the bucket" in str(info.value)
+        assert "create the bucket" in str(info.value)
 
 
 def test_a_repository_in_a_missing_bucket_is_refused_and_stops_the_others(

@@ -130,14 +130,16 @@ class MissingLocationError(ConfigurationError):
 
     kind: ClassVar[str] = "missing-location"
 
-    def __init__(self, *, url: str, role: str, detail: str = "") -> None:
+    def __init__(self, *, url: str, role: str, detail: str = "", fix: str = "") -> None:
         self.url: Final = url
         self.role: Final = role
         self.detail: Final = detail
+        self.fix: Final = fix
         why = f": {detail}" if detail else ""
+        todo = fix or "create the bucket (or fix the URL)"
         super().__init__(
-            f"{role} at {url} does not exist or cannot be written{why}. Create the bucket "
-            "(or fix the URL) and run the job again; nothing was written."
+            f"{role} at {url} does not exist or cannot be written{why}. Fix: {todo}, "
+            "and run the job again; nothing was written."
         )
 
 

@@ -184,7 +184,17 @@ class IcechunkDriver:
         return find_job_commit(repo, tip, self.job_id, base, self.scan)
 
     def stage(self, *, primary: bool) -> _Staging:
-        repo = self._open(create=True)
+        try:
+            repo = self._open(create=self.target.create)
+        except icechunk.IcechunkError as exc:
+            if self.target.create or "doesn't exist" not in str(exc):
+                raise
+            raise MissingLocationError(
+                url=self.target.location,
+                role=f"the repository of target {self.name!r}",
+                detail="this job extends a dataset and may not create one (create=False)",
+                fix="check the URL, or run a backfill first",
+            ) from exc
         # A clean fork of the target branch: its base S0 is the snapshot the
         # session read, so nothing can slip in between reading S0 and forking.
         # Worker 0 moves no ref at all, so two copies of it cannot trip each other.

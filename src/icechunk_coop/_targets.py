@@ -46,6 +46,11 @@ class IcechunkTarget:
     branch: str = "main"
     config: icechunk.RepositoryConfig | None = attrs.field(default=None, repr=False)
     authorize_virtual_chunk_access: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    #: Whether worker 0 may create the repository when there is none. An
+    #: update, which extends a dataset, passes False: a typo in the URL then
+    #: stops the job in its setup (every worker with it) instead of starting
+    #: an empty dataset somewhere else.
+    create: bool = True
 
     @classmethod
     def from_url(cls, url: str, *, name: str = "primary", branch: str = "main") -> IcechunkTarget:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Required, TypedDict, Unpack
 
+import attrs
 import zarr
 import zarr.abc.store
 
@@ -159,20 +160,23 @@ class DynamicalDataset(abc.ABC):
         The start is the environment's (``JOB_START``, a CronJob's job name) or,
         when it gives none, the one worker 0 decides and pins for every worker.
         """
-        job = self.cooperative_job(**options)
-        me = job.identity
-        if me.is_first and not job.is_committed():
-            self._require_repository(job.job_id)
+        primary = self.primary()
+        if isinstance(primary, IcechunkTarget):
+            # Refused in the setup, inside the job, so every worker stops with it.
+            primary = attrs.evolve(primary, create=False)
+        job = CooperativeJob.create(primary=primary, replicas=self.replicas(), **options)
 
         def start() -> datetime:
             assert job.job_start is not None, "pinned by the setup before any hook runs"
             return job.job_start
 
+        def jobs() -> Sequence[RegionJob]:
+            # On worker 0, in the setup: a failure here stops every worker.
+            self._require_repository(job.job_id)
+            return self.region_job_class.operational_update_jobs(self, job_start=start())
+
         return self.process_region_jobs(
-            job,
-            mode="update",
-            end=lambda: self.update_end(start()),
-            jobs=lambda: self.region_job_class.operational_update_jobs(self, job_start=start()),
+            job, mode="update", end=lambda: self.update_end(start()), jobs=jobs
         )
 
     def process_region_jobs(
