@@ -251,9 +251,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                                                                                   arrival)),
             key=lambda r: r["workers"],
         )  # fmt: skip
-        label = f"{chunks} chunks, {latency:.0f} ms, results {arrival}"
+        # Results landing during the wait: what is left once the last one landed.
+        when = "after the last landed" if arrival == "during" else "all there at start"
+        label = f"{chunks} chunks, {latency:.0f} ms, {when}"
         ns = [r["workers"] for r in sel]
-        ax_t.plot(ns, [r["total_s"] for r in sel], marker="o", label=label)
+        key = "after_last_s" if arrival == "during" else "total_s"
+        ax_t.plot(ns, [r[key] for r in sel], marker="o", label=label)
         ax_m.plot(ns, [r["peak_mib"] for r in sel], marker="o", label=label)
     for ax, what in ((ax_t, "last worker's seconds"), (ax_m, "peak memory, MiB")):
         ax.set_xscale("log")
