@@ -197,6 +197,13 @@ def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
     text = out.getvalue()
     assert "committed: (sealed: set ICECHUNK_COOP_SECRET" in text
     assert "missing" not in text and "setup: not yet" not in text
+    monkeypatch.setenv(SECRET_ENV, "another-secret-" + SECRET)
+    out = io.StringIO()
+    assert status(rv, "late", None, out) == 0
+    assert "committed: (sealed with another secret than the ICECHUNK_COOP_SECRET given" in (
+        out.getvalue()
+    )
+    monkeypatch.delenv(SECRET_ENV)
     out = io.StringIO()
     assert status(rv, None, None, out) == 0
     assert "late-u7  committed  -" in out.getvalue()

@@ -220,8 +220,10 @@ class JobStatus:
         return self.listing.state
 
 
-def _unreadable(exc: PayloadError) -> str:
+def _unreadable(exc: PayloadError, rv: Rendezvous) -> str:
     if isinstance(exc, PayloadAuthenticationError):
+        if rv.sealer.authenticated:  # a secret was given, and it is not the one that sealed it
+            return f"(sealed with another secret than the {SECRET_ENV} given: not this job's)"
         return f"(sealed: set {SECRET_ENV} to the job's secret to read it)"
     return f"(refused: {exc.reason[:80]})"
 
@@ -231,7 +233,7 @@ def _failure(rv: Rendezvous, name: str) -> str:
         wire = rv.read(failure_name(name))  # JSON: never unpickles
         marker = None if wire is None else Failure.from_wire(wire, rv.location(name))
     except PayloadError as exc:
-        return _unreadable(exc)
+        return _unreadable(exc, rv)
     return "" if marker is None else marker.summary[:100]
 
 
@@ -244,7 +246,7 @@ def _committed(rv: Rendezvous, listing: JobListing) -> tuple[Committed | None, s
             return None, "(removed while reading it)"
         return Committed.from_wire(wire, rv.location(COMMITTED)), None
     except PayloadError as exc:
-        return None, _unreadable(exc)
+        return None, _unreadable(exc, rv)
 
 
 def _setup_total(rv: Rendezvous, listing: JobListing) -> int | None:
