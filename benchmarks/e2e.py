@@ -25,7 +25,7 @@ Runs in one go (the ratios are of the same run):
 - ``8 x J``: eight workers, the same J jobs;
 - ``8 x 8``: eight workers, one job each: the critical path at N = 8.
 
-    uv run python benchmarks/e2e.py --quick     # 16 jobs of 1 s
+    uv run python benchmarks/e2e.py --quick     # 8 jobs of 1 s: 1 and 8 workers
     uv run python benchmarks/e2e.py             # 64 jobs of 2 s
 """
 
@@ -151,16 +151,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per region job")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--quick", action="store_true", help="16 jobs of 1 s")
+    parser.add_argument("--quick", action="store_true", help="8 jobs of 1 s")
     parser.add_argument("--critical-only", action="store_true", help="only W workers x W jobs")
     parser.add_argument("--name", default="e2e", help="file name under benchmarks/results")
     args = parser.parse_args()
     if args.quick:
-        args.jobs, args.seconds = 16, 1.0
+        args.jobs, args.seconds = 8, 1.0
     load = os.getloadavg()
     plan = [(1, args.jobs), (args.workers, args.jobs), (args.workers, args.workers)]
+    plan = list(dict.fromkeys(plan))  # with as many jobs as workers, the last two are one
     if args.critical_only:
-        plan = plan[2:]
+        plan = [(args.workers, args.workers)]
     rows = []
     with s3_servers(latency_ms=args.latency_ms) as s3:
         for workers, jobs in plan:

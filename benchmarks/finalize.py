@@ -277,7 +277,8 @@ def main() -> int:
     parser.add_argument("--arrival", nargs="+", choices=("before", "during"), default=["before"])
     parser.add_argument("--spread", type=float, default=10.0, help="seconds, for 'during'")
     parser.add_argument("--poll", type=float, default=1.0, help="the last worker's max interval")
-    parser.add_argument("--quick", action="store_true", help=f"cases {' '.join(QUICK_CASES)}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"cases {' '.join(QUICK_CASES)}, 20 ms, both arrivals")  # fmt: skip
     parser.add_argument("--name", default="finalize", help="file name under benchmarks/results")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="measure nothing: one table and plot of these runs' rows")  # fmt: skip
@@ -299,6 +300,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.cases, args.arrival, args.spread = QUICK_CASES, ["before", "during"], 3.0
+        args.latency_ms = [20.0]
     cases = [tuple(int(x) for x in c.split("x")) for c in args.cases]
     load = os.getloadavg()
     rows: list[dict[str, Any]] = []
