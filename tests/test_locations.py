@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -55,17 +54,14 @@ def test_a_repository_in_a_missing_bucket_is_refused_and_stops_the_others(
         job(1, **urls).run(work=lambda stores: None, message="m")
 
 
+@pytest.mark.timeout(40)  # a hang guard: it used to take a minute of client retries
 def test_an_unreachable_endpoint_is_a_clear_retryable_error_naming_it(
     s3_env: LocalS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     worker = job(1, rendezvous="s3://some-bucket/rv", repo="s3://some-bucket/repo")
-    started = time.monotonic()
     with pytest.raises(StorageUnreachableError, match=re.escape(dead)) as info:
         worker.run(work=lambda stores: None, message="m")
-    # Seconds (about one on an idle machine), not the client's minute of retries that
-    # used to end in a botocore traceback; well inside any wait's deadline.
-    assert time.monotonic() - started < 15
     assert info.value.retryable
     assert "s3://some-bucket/rv" in str(info.value)
