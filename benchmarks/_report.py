@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,3 +54,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+
+
+def cell(value: float | None, digits: int = 2) -> str:
+    """A table cell: ``-`` for a value that was not measured."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_results(
+    name: str,
+    meta: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    plot: Callable[[Sequence[dict[str, Any]], Path], None],
+) -> None:
+    """``results/<name>.json`` (meta and rows) and ``results/<name>.png``, and say where."""
+    json_path = save_json(name, {"meta": meta, "rows": list(rows)})
+    png_path = RESULTS / f"{name}.png"
+    plot(rows, png_path)
+    print(f"wrote {json_path} and {png_path}")

@@ -52,7 +52,7 @@ from typing import Any
 import icechunk
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import RESULTS, machine, save_json, table
+from _report import cell, machine, table, write_results
 from _servers import S3, s3_servers
 from _writes import WriteConfig, _init_repo, _verify
 from write_worker import _rebase_attempts, finish, grow, my_rows, write_rows
@@ -265,10 +265,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _f(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
@@ -294,7 +290,7 @@ def main() -> int:
                 row = Case(s3, strategy, n, args).run()
                 rows.append(row)
                 failed |= bool(row["errors"]) or not row.get("data_ok", False)
-                print(f"N={n:>4} {strategy:>7}: commit phase {_f(row['commit_phase_s'])} s, "
+                print(f"N={n:>4} {strategy:>7}: commit phase {cell(row['commit_phase_s'])} s, "
                       f"{row['rebase_attempts']} rebase attempts, "
                       f"{row['requests_commit_phase']} requests, "
                       f"{row.get('snapshots_on_main')} snapshots, data ok "
@@ -308,7 +304,7 @@ def main() -> int:
         coop = by.get((r["workers"], "coop"))
         ratio = (r["commit_phase_s"] / coop["commit_phase_s"]
                  if coop and coop["commit_phase_s"] and r["commit_phase_s"] else None)  # fmt: skip
-        lines.append([r["workers"], r["strategy"], _f(r["commit_phase_s"]), _f(ratio, 1),
+        lines.append([r["workers"], r["strategy"], cell(r["commit_phase_s"]), cell(ratio, 1),
                       r["rebase_attempts"], r["commits"], r["requests_commit_phase"],
                       r["requests_total"], r.get("snapshots_on_main", "-"),
                       len(r.get("branches_left", []))])  # fmt: skip
@@ -319,9 +315,7 @@ def main() -> int:
             "workers_are": "threads of one process", "latency_ms": args.latency_ms,
             "rows_per_worker": args.rows_per_worker, "cols": args.cols,
             **machine(load)}  # fmt: skip
-    save_json(args.name, {"meta": meta, "rows": rows})
-    plot(rows, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / (args.name + '.json')} and {RESULTS / (args.name + '.png')}")
+    write_results(args.name, meta, rows, plot)
     return 1 if failed else 0
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import RESULTS, machine, save_json, table
+from _report import cell, machine, table, write_results
 from _servers import S3, s3_servers
 
 from icechunk_coop import Rendezvous, Sealer, WaitPolicy
@@ -203,7 +203,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _f(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return cell(value, digits)
 
 
 def main() -> int:
@@ -261,9 +261,7 @@ def main() -> int:
             "land_window_s": args.land or WINDOWS,
             "steady_after_s": args.steady_after or STEADY_AFTER,
             **machine(load)}  # fmt: skip
-    save_json(args.name, {"meta": meta, "rows": rows})
-    plot(rows, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / (args.name + '.json')} and {RESULTS / (args.name + '.png')}")
+    write_results(args.name, meta, rows, plot)
     return 0
 
 

@@ -46,7 +46,7 @@ import icechunk
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import RESULTS, machine, save_json, table
+from _report import machine, table, write_results
 from _servers import S3, clean_environ, s3_servers
 
 from icechunk_coop import Rendezvous, Sealer, icechunk_storage
@@ -192,9 +192,7 @@ def main() -> int:
     print(table(headers, lines))
     meta = {"command": " ".join(["uv run python benchmarks/e2e.py", *sys.argv[1:]]),
             "workers_are": "processes started by run-local", **machine(load)}  # fmt: skip
-    save_json(args.name, {"meta": meta, "rows": rows})
-    plot(rows, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / (args.name + '.json')} and {RESULTS / (args.name + '.png')}")
+    write_results(args.name, meta, rows, plot)
     return 0
 
 
