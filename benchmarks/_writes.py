@@ -39,6 +39,7 @@ class WriteConfig:
     row_seconds: float
     max_interval: float
     timeout: float = 900.0
+    release_at: float = 0.0
 
 
 def _repo(s3: S3, url: str) -> icechunk.Repository:
@@ -106,6 +107,8 @@ def run_write(s3: S3, strategy: str, workers: int, cfg: WriteConfig) -> dict[str
         str(cfg.max_interval),
         "--timeout",
         str(cfg.timeout),
+        "--release-at",
+        str(cfg.release_at),
     ]
     with tempfile.TemporaryDirectory(prefix="bench-") as logs:
         procs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -162,6 +165,10 @@ def run_write(s3: S3, strategy: str, workers: int, cfg: WriteConfig) -> dict[str
         "commit_seconds_max": max(commit_phase, default=0.0),
         "slowest_worker_after_imports": max((o["process_seconds"] for o in outcomes), default=None),
         "worker_seconds": [o["seconds"] for o in outcomes],
+        "outcomes": outcomes,
+        "bucket": bucket,
+        "job_id": f"{job_name}-{job_uid}",
+        "secret": secret,
         **check,
         "failures": failures,
     }

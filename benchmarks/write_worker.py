@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -229,10 +230,19 @@ def main() -> int:
     parser.add_argument("--row-seconds", type=float, default=0.0)
     parser.add_argument("--max-interval", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--release-at",
+        type=float,
+        default=0.0,
+        help="unix time to start the job at, after start-up (every worker at once)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _count_calls()
     policy = WaitPolicy(timeout=args.timeout, max_interval=args.max_interval)
+    if args.release_at:
+        time.sleep(max(0.0, args.release_at - time.time()))
+    released = time.time()
     if args.strategy == "coop":
         outcome = run_coop(args, policy)
     elif args.strategy == "uncoop":
@@ -243,6 +253,9 @@ def main() -> int:
         calls=CALLS,
         rebase_attempts=sum(REBASE_ATTEMPTS),
         process_seconds=time.monotonic() - started,
+        index=int(os.environ.get("JOB_COMPLETION_INDEX", "0")),
+        released=released,
+        ended=time.time(),
     )
     print("BENCH " + json.dumps(outcome), flush=True)
     return 0

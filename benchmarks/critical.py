@@ -1,0 +1,167 @@
+"""The protocol's critical path: N worker processes released at once, each with 2 s of work.
+
+What the protocol adds to a job is everything on the path from "every pod
+is up" to "the commit is visible" that is not the slowest worker's own work:
+worker 0's setup, the others noticing it, publishing, the last worker
+noticing the last result, merging and committing. Python start-up is not
+part of it (pods start in parallel on real machines; here eight of them
+would share two cores), so every worker imports and builds its job first,
+then sleeps until one shared instant (``--release-at``) and only then runs.
+
+Each worker is ``write_worker.py --strategy coop`` started like a pod
+(environment variables), against moto through the counting proxy (add
+``--latency-ms 20`` to make every request as slow as a small S3 GET). Each
+writes one row (one chunk) after ``--seconds`` of simulated source I/O.
+
+Reported per run, from the workers' own clocks (one machine, one clock):
+
+- **to outcome**: release -> the ``committed`` marker's time (readers and
+  waiting twins see the outcome from then on);
+- **overhead**: to outcome minus the slowest worker's ``work`` step; the
+  target is 0.5 s at N = 8;
+- **to exit**: release -> the last worker's return (cleanup included);
+- the last worker's and worker 0's own steps, and requests through the proxy.
+
+    uv run python benchmarks/critical.py --quick   # N = 8, one run (~40 s)
+    uv run python benchmarks/critical.py           # N = 4, 8, 16; three runs each; 0 and 20 ms
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import cell, machine, table, write_results
+from _servers import S3, s3_servers
+from _writes import WriteConfig, run_write
+
+from icechunk_coop import Rendezvous, Sealer
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import COMMITTED
+
+
+def committed_at(s3: S3, row: dict[str, Any]) -> float:
+    """When the finalizer published the ``committed`` marker (unix time)."""
+    job_id, bucket = row["job_id"], row["bucket"]
+    sealer = Sealer.from_env(job_id, {"ICECHUNK_COOP_SECRET": row["secret"]})
+    rv = Rendezvous.for_job(f"s3://{bucket}/rendezvous", job_id=job_id, sealer=sealer,
+                            storage_options={"endpoint_url": s3.direct_url})  # fmt: skip
+    wire = rv.read(COMMITTED)
+    if wire is None:
+        raise RuntimeError(f"job {job_id}: no committed marker")
+    return Committed.from_wire(wire, rv.location(COMMITTED)).at
+
+
+def one_run(s3: S3, workers: int, seconds: float, startup: float) -> dict[str, Any]:
+    release = time.time() + startup
+    cfg = WriteConfig(rows=workers, cols=1000, row_seconds=seconds, max_interval=10.0,
+                      timeout=300.0, release_at=release)  # fmt: skip
+    run = run_write(s3, "coop", workers, cfg)
+    if run["failures"] or not run.get("data_ok"):
+        raise RuntimeError(f"run failed: {run['failures'] or 'wrong data on main'}")
+    outcomes = run["outcomes"]
+    late = max(o["released"] for o in outcomes) - release
+    if late > 0.25:
+        print(f"  note: a worker was still starting {late:.2f} s after the release "
+              "(raise --startup)", flush=True)  # fmt: skip
+    at = committed_at(s3, run)
+    slowest = max(o["seconds"]["work"] for o in outcomes)
+    last = next(o for o in outcomes if o["status"] == "committed")
+    first = next(o for o in outcomes if o.get("index") == 0)
+    return {
+        "workers": workers,
+        "work_s": seconds,
+        "to_outcome_s": at - release,
+        "slowest_work_s": slowest,
+        "overhead_s": at - release - slowest,
+        "to_exit_s": max(o["ended"] for o in outcomes) - release,
+        "late_start_s": late,
+        "last_steps_s": last["seconds"],
+        "first_steps_s": first["seconds"],
+        "requests": run["requests_total"],
+    }
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by overhead (its steps stay together), with every run's overhead."""
+    ordered = sorted(runs, key=lambda r: r["overhead_s"])
+    middle = dict(ordered[len(ordered) // 2])
+    middle["overheads_s"] = [r["overhead_s"] for r in runs]
+    middle["overhead_median_s"] = statistics.median(middle["overheads_s"])
+    return middle
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"N={r['workers']}\n+{r['latency_ms']:g} ms" for r in rows]
+    work = [r["slowest_work_s"] for r in rows]
+    over = [r["overhead_median_s"] for r in rows]
+    ax.bar(labels, work, label="slowest worker's work", color="tab:green")
+    ax.bar(labels, over, bottom=work, label="protocol overhead (median)", color="tab:red")
+    ax.axhline(rows[0]["work_s"] + 0.5, color="black", lw=0.8, ls="--",
+               label="work + 0.5 s (target)")  # fmt: skip
+    ax.set_ylabel("seconds, release -> commit visible")
+    ax.legend(fontsize=8)
+    ax.set_title("Critical path, workers released at once (start-up excluded)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="4,8,16", help="comma-separated N")
+    parser.add_argument("--seconds", type=float, default=2.0, help="work per worker")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency-ms", default="0,20", help="comma-separated ms per request")
+    parser.add_argument("--startup", type=float, default=0.0,
+                        help="seconds from starting the workers to releasing them "
+                             "(default 4 + 1.2 per worker)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="N = 8, one run, 0 ms")
+    parser.add_argument("--name", default="critical", help="file name under benchmarks/results")
+    args = parser.parse_args()
+    if args.quick:
+        args.workers, args.repeat, args.latency_ms = "8", 1, "0"
+        args.name = "critical-quick" if args.name == "critical" else args.name
+    load = os.getloadavg()
+    rows = []
+    for latency in [float(x) for x in args.latency_ms.split(",")]:
+        with s3_servers(latency_ms=latency) as s3:
+            for n in [int(x) for x in args.workers.split(",")]:
+                startup = args.startup or 4 + 1.2 * n
+                runs = [one_run(s3, n, args.seconds, startup) for _ in range(args.repeat)]
+                row = {**summarise(runs), "latency_ms": latency}
+                rows.append(row)
+                print(f"N={n} +{latency:g} ms: overhead {row['overhead_median_s']:.2f} s "
+                      f"(runs: {', '.join(f'{o:.2f}' for o in row['overheads_s'])})",
+                      flush=True)  # fmt: skip
+    headers = ["N", "ms/request", "to outcome s", "slowest work s", "overhead s (median)",
+               "to exit s", "requests", "last worker's steps", "worker 0's steps"]  # fmt: skip
+    lines = [[r["workers"], f"{r['latency_ms']:g}", cell(r["to_outcome_s"]),
+              cell(r["slowest_work_s"]), cell(r["overhead_median_s"]), cell(r["to_exit_s"]),
+              r["requests"],
+              ", ".join(f"{k} {v:.2f}" for k, v in r["last_steps_s"].items()),
+              ", ".join(f"{k} {v:.2f}" for k, v in r["first_steps_s"].items())]
+             for r in rows]  # fmt: skip
+    print()
+    print(table(headers, lines))
+    meta = {"command": " ".join(["uv run python benchmarks/critical.py", *sys.argv[1:]]),
+            "workers_are": "write_worker.py processes, released at one instant after start-up",
+            **machine(load)}  # fmt: skip
+    write_results(args.name, meta, rows, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
