@@ -86,6 +86,9 @@ def one_run(s3: S3, workers: int, seconds: float, startup: float) -> dict[str, A
         "last_steps_s": last["seconds"],
         "first_steps_s": first["seconds"],
         "requests": run["requests_total"],
+        # CPU seconds every worker spent in its run, summed: next to 2 cores x the
+        # job's seconds it says how much of the overhead is waiting for a core.
+        "run_cpu_s": sum(o["run_cpu_s"] for o in outcomes),
     }
 
 
@@ -147,10 +150,11 @@ def main() -> int:
                       f"(runs: {', '.join(f'{o:.2f}' for o in row['overheads_s'])})",
                       flush=True)  # fmt: skip
     headers = ["N", "ms/request", "to outcome s", "slowest work s", "overhead s (median)",
-               "to exit s", "requests", "last worker's steps", "worker 0's steps"]  # fmt: skip
+               "to exit s", "requests", "CPU s (all workers)", "last worker's steps",
+               "worker 0's steps"]  # fmt: skip
     lines = [[r["workers"], f"{r['latency_ms']:g}", cell(r["to_outcome_s"]),
               cell(r["slowest_work_s"]), cell(r["overhead_median_s"]), cell(r["to_exit_s"]),
-              r["requests"],
+              r["requests"], cell(r["run_cpu_s"], 1),
               ", ".join(f"{k} {v:.2f}" for k, v in r["last_steps_s"].items()),
               ", ".join(f"{k} {v:.2f}" for k, v in r["first_steps_s"].items())]
              for r in rows]  # fmt: skip

@@ -104,6 +104,10 @@ class TargetDriver(Protocol):
     @property
     def needs_fork(self) -> bool: ...
 
+    def connect(self) -> None:
+        """Open the target ahead of the steps that use it (best effort; they raise)."""
+        ...
+
     def find_commit(self, base: str | None) -> str | None:
         """This job's commit on the target, searched down to ``base``."""
         ...

@@ -150,9 +150,8 @@ def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merg
     return results, streamed
 
 
-def pinned_plan(ctx: JobContext, setup: Setup) -> Plan | None:
-    """The plan an earlier finalizer of this setup pinned, if any."""
-    plan = ctx.meeting.read(PLAN, Plan)
+def checked_plan(ctx: JobContext, setup: Setup, plan: Plan | None) -> Plan | None:
+    """``plan``, the one an earlier finalizer pinned (if any), checked against ``setup``."""
     if plan is not None and plan.token != setup.token:
         raise ForeignPayloadError(
             location=ctx.meeting.location(PLAN),
@@ -175,7 +174,7 @@ def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[
     """
     won, plan = ctx.meeting.publish_once(PLAN, Plan(token=setup.token, results=tuple(results)))
     if plan.token != setup.token:
-        pinned_plan(ctx, setup)  # raises, naming the blob
+        checked_plan(ctx, setup, plan)  # raises, naming the blob
     if not won:
         log.info("%s: committing the results an earlier attempt pinned", ctx.where)
     _crash.reach("after-pin-plan")

@@ -11,6 +11,7 @@ the very tip that was checked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -150,11 +151,19 @@ class _Merge:
 
 @attrs.frozen(kw_only=True)
 class IcechunkDriver:
-    """Drives one Icechunk repository branch."""
+    """Drives one Icechunk repository branch.
+
+    The repository is opened once per worker and reused by every step: each
+    open builds a storage client and reads the repository's config, and a
+    finalizer used to pay that four times (the start's scan, the merge, the
+    check, the cleanup). A ``Repository`` reads refs afresh on every call, so
+    reusing one never hides another writer's commit.
+    """
 
     target: IcechunkTarget
     job_id: str
     scan: int
+    _opened: list[icechunk.Repository] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -165,8 +174,10 @@ class IcechunkDriver:
         return True
 
     def _open(self, *, create: bool) -> icechunk.Repository:
+        if self._opened:
+            return self._opened[0]
         try:
-            return self.target.open(create=create)
+            repo = self.target.open(create=create)
         except icechunk.IcechunkError as exc:
             text = str(exc).lower()
             if any(marker in text for marker in _MISSING_BUCKET):
@@ -174,6 +185,15 @@ class IcechunkDriver:
                     url=self.target.location, role=f"the bucket of target {self.name!r}"
                 ) from exc
             raise
+        self._opened.append(repo)
+        return repo
+
+    def connect(self) -> None:
+        # The storage client and the config read, while the worker's first reads run.
+        # A repository that is not there yet (a backfill creates it) or any other
+        # failure is left to the step that needs the repository: it says so clearly.
+        with contextlib.suppress(Exception):
+            self._open(create=False)
 
     def find_commit(self, base: str | None) -> str | None:
         try:

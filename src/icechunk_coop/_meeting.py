@@ -58,6 +58,12 @@ class MeetingPoint(Protocol):
 
     def read(self, name: str, kind: type[R]) -> R | None: ...
 
+    def read_many(
+        self, kinds: Mapping[str, type[Record]], *, failures: Iterable[str] = ()
+    ) -> tuple[dict[str, Record], set[str]]:
+        """In one round trip: the records present, and which of ``failures`` have a marker."""
+        ...
+
     def wait_for(self, name: str, kind: type[R]) -> R: ...
 
     def wait_for_all(
@@ -118,6 +124,16 @@ class StoredMeeting:
     def read(self, name: str, kind: type[R]) -> R | None:
         wire = self.rendezvous.read(name, content=kind.CONTENT)
         return None if wire is None else kind.from_wire(wire, self.location(name))
+
+    def read_many(
+        self, kinds: Mapping[str, type[Record]], *, failures: Iterable[str] = ()
+    ) -> tuple[dict[str, Record], set[str]]:
+        markers = {failure_name(name): name for name in failures}
+        wires, present = self.rendezvous.read_many(
+            {name: kind.CONTENT for name, kind in kinds.items()}, probe=markers
+        )
+        records = {name: kinds[name].from_wire(w, self.location(name)) for name, w in wires.items()}
+        return records, {markers[m] for m in present}
 
     def wait_for(self, name: str, kind: type[R]) -> R:
         try:
@@ -205,6 +221,13 @@ class InProcessMeeting:
     def read(self, name: str, kind: type[R]) -> R | None:
         record = self._blobs.get(name)
         return record if isinstance(record, kind) else None
+
+    def read_many(
+        self, kinds: Mapping[str, type[Record]], *, failures: Iterable[str] = ()
+    ) -> tuple[dict[str, Record], set[str]]:
+        found = {name: self.read(name, kind) for name, kind in kinds.items()}
+        records = {name: record for name, record in found.items() if record is not None}
+        return records, {name for name in failures if name in self._failures}
 
     def wait_for(self, name: str, kind: type[R]) -> R:
         return self.wait_for_all([name], kind)[name]

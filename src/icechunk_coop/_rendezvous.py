@@ -146,6 +146,25 @@ class Rendezvous:
             return None
         return self.sealer.open(data, name=name, location=self.location(name), expect=content)
 
+    def read_many(
+        self, contents: Mapping[str, Content], *, probe: Iterable[str] = ()
+    ) -> tuple[dict[str, Any], set[str]]:
+        """The verified contents of those names that are present, read at once.
+
+        ``contents`` maps each name to what it must hold; of the names in
+        ``probe`` only whether they are there is told (nothing is opened).
+        One round trip for all of them (the GETs run concurrently), instead
+        of one each.
+        """
+        probed = [check_name(n) for n in probe]
+        found = self._blobs.get_many([*(check_name(n) for n in contents), *probed])
+        opened = {
+            name: self.sealer.open(data, name=name, location=self.location(name), expect=content)
+            for name, content in contents.items()
+            if (data := found.get(name)) is not None
+        }
+        return opened, {n for n in probed if n in found}
+
     def remove(self, name: str) -> None:
         """Delete one blob (absent is fine)."""
         self._blobs.delete(name)
@@ -214,19 +233,24 @@ class Rendezvous:
         Each poll costs two GET-class requests (the blob and its failure
         marker), three with ``unless``: if the blob ``unless`` appears
         meanwhile, the wait ends with :class:`WaitInterrupted` (a job that
-        committed ends every wait of its workers).
+        committed ends every wait of its workers). They are sent at once, so
+        a poll takes one round trip.
         """
         check_name(name)
+        probes = [name, failure_name(name), *([check_name(unless)] if unless else [])]
 
         def probe() -> tuple[Any] | None:
-            value = self.read(name, content=content)
-            if value is not None:
-                return (value,)
-            if self._blobs.get(failure_name(name)) is not None:
+            found = self._blobs.get_many(probes)
+            if name in found:
+                opened = self.sealer.open(
+                    found[name], name=name, location=self.location(name), expect=content
+                )
+                return (opened,)
+            if failure_name(name) in found:
                 raise WorkerFailedError(
                     location=self.url, failures=self.failures([name]), job=self.job_id
                 )
-            self._interrupt(unless)
+            self._interrupt(unless, found)
             return None
 
         def timeout(waited: float) -> Exception:

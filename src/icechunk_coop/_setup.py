@@ -23,7 +23,8 @@ from icechunk_coop._errors import (
 )
 from icechunk_coop._identity_start import as_utc
 from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED, SETUP, Setup, result_name
+from icechunk_coop._records import COMMITTED, SETUP, Setup
+from icechunk_coop._start import Start, clear_own_failures
 from icechunk_coop._targets import Stores
 
 __all__ = ["Prepare", "load_setup", "publish_setup", "setup", "stores_of"]
@@ -49,9 +50,11 @@ def _decide_start(ctx: JobContext) -> datetime:
     return start
 
 
-def publish_setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
-    """Worker 0: stage every target, run ``prepare`` in the forks, publish the setup once."""
-    existing = ctx.meeting.read(SETUP, Setup)
+def publish_setup(ctx: JobContext, prepare: Prepare | None, existing: Setup | None = None) -> Setup:
+    """Worker 0: stage every target, run ``prepare`` in the forks, publish the setup once.
+
+    ``existing`` is a setup this worker already read at its start, if any.
+    """
     if existing is not None:
         log.info("%s: reusing the setup already published", ctx.where)
         return existing
@@ -119,15 +122,16 @@ def _check(ctx: JobContext, record: Setup) -> Setup:
     return record
 
 
-def setup(ctx: JobContext, prepare: Prepare | None) -> Setup:
-    """This worker's setup of the job, after withdrawing its own stale failure markers.
+def setup(ctx: JobContext, prepare: Prepare | None, start: Start | None = None) -> Setup:
+    """This worker's setup of the job: published by worker 0, loaded by the others.
 
-    The index is running (again): its markers go first, so that peers retried
-    meanwhile wait for it instead of failing on the marker of an attempt that
-    is already over.
+    ``start`` is what :func:`~icechunk_coop._start.begin` found (it has
+    withdrawn this worker's stale failure markers and read any published
+    setup already); without it, both are done here.
     """
-    ctx.meeting.clear_failure(result_name(ctx.identity.worker_index))
+    if start is None:
+        start = Start(committed=False, setup=ctx.meeting.read(SETUP, Setup))
+        clear_own_failures(ctx)
     if ctx.identity.is_first:
-        ctx.meeting.clear_failure(SETUP)
-        return _check(ctx, publish_setup(ctx, prepare))
-    return _check(ctx, load_setup(ctx))
+        return _check(ctx, publish_setup(ctx, prepare, start.setup))
+    return _check(ctx, start.setup or load_setup(ctx))

@@ -84,6 +84,9 @@ class ZarrDriver:
     def needs_fork(self) -> bool:
         return False
 
+    def connect(self) -> None:
+        return None  # a zarr store opens in no time; nothing to do ahead
+
     def find_commit(self, base: str | None) -> str | None:
         marker = self.meeting.read(committed_name(self.name), ZarrCommitted)
         return None if marker is None else ZARR_COMMIT

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import attrs
 
-from icechunk_coop import _crash, _finalize, _setup, _work
+from icechunk_coop import _crash, _finalize, _setup, _start, _work
 from icechunk_coop._context import JobContext, StepClock, failure_markers
 from icechunk_coop._drivers import driver_for
 from icechunk_coop._errors import AlreadyCommittedError, ConfigurationError
@@ -253,16 +253,18 @@ class CooperativeJob:
         """
         ctx, me, clock = self._ctx, self.identity, StepClock()
         with failure_markers(ctx) as markers:
-            ctx.meeting.check_reachable()
-            done, found = self.committed_snapshot()
-            if done:
-                return self._already_committed(found)
-            _crash.reach("started")
+            with clock.step("setup"):
+                start = _start.begin(ctx)
+                if start.committed:
+                    return self._already_committed(start.snapshot)
+                _crash.reach("started")
+                try:
+                    setup = _setup.setup(ctx, prepare, start)
+                except AlreadyCommittedError as exc:
+                    return self._already_committed(exc.snapshot)
+            markers.setup_published = True
             try:
-                with clock.step("setup"):
-                    setup = _setup.setup(ctx, prepare)
-                markers.setup_published = True
-                plan = _finalize.pinned_plan(ctx, setup) if me.is_last else None
+                plan = _finalize.checked_plan(ctx, setup, start.plan) if me.is_last else None
                 if plan is not None:
                     # A finalizer before us pinned what to commit: finish that, redo nothing.
                     log.info("%s: finishing the commit an earlier attempt began", ctx.where)

@@ -1,0 +1,134 @@
+"""Step 0, start: what a worker must know before it acts, read in one round trip.
+
+Before doing anything a worker needs four independent answers: is the
+meeting point there at all (a typo in a bucket name must fail at once, not
+after every peer's deadline), has the job committed already (a late or
+duplicated pod), is a setup published (a restarted worker reuses it and must
+not read it twice), and, on the last worker, did an earlier finalizer pin a
+plan. Asked one after the other they were five or six round trips on every
+worker's critical path, on a cold client; here they are asked at once, and
+the worker's own stale failure markers are withdrawn in the same batch.
+
+Only the scan of the primary for the job's own commit depends on another
+answer (it runs down to the setup's base), so it follows the setup's read
+in the same thread. Worker 0 skips it when there is no setup: staging the
+primary makes the same check on the very snapshot it forks from.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import attrs
+
+from icechunk_coop._context import JobContext
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import (
+    COMMITTED,
+    PLAN,
+    SETUP,
+    Plan,
+    Record,
+    Setup,
+    result_name,
+)
+
+__all__ = ["Start", "begin", "clear_own_failures"]
+
+
+@attrs.frozen(kw_only=True)
+class Start:
+    """What a worker found when it started.
+
+    ``committed`` is True when the ``committed`` marker is out or the
+    primary holds the job's commit (``snapshot``, when found there rather
+    than from the marker). ``setup`` and ``plan`` are the records already
+    published, if any; ``plan`` is read on the last worker only.
+    """
+
+    committed: bool
+    snapshot: str | None = None
+    setup: Setup | None = None
+    plan: Plan | None = None
+
+
+def _own_markers(ctx: JobContext) -> list[str]:
+    return [result_name(ctx.identity.worker_index), *([SETUP] if ctx.identity.is_first else [])]
+
+
+def clear_own_failures(ctx: JobContext, present: Iterable[str] | None = None) -> None:
+    """Withdraw this worker's failure markers (those ``present``, when that is known).
+
+    The index is running (again): its markers go first, so that peers retried
+    meanwhile wait for it instead of failing on the marker of an attempt that
+    is already over.
+    """
+    for name in _own_markers(ctx):
+        if present is None or name in present:
+            ctx.meeting.clear_failure(name)
+
+
+def _read(ctx: JobContext) -> tuple[dict[str, Record], str | None]:
+    """The records already published, this worker's markers withdrawn, the scan of the primary."""
+    kinds: dict[str, type[Record]] = {COMMITTED: Committed, SETUP: Setup}
+    if ctx.identity.is_last:
+        kinds[PLAN] = Plan
+    found, failed = ctx.meeting.read_many(kinds, failures=_own_markers(ctx))
+    clear_own_failures(ctx, failed)
+    setup = found.get(SETUP)
+    assert setup is None or isinstance(setup, Setup)
+    if COMMITTED in found or (setup is None and ctx.identity.is_first):
+        # Worker 0 with no setup: staging the primary checks for the job's commit itself.
+        return found, None
+    own = setup.targets.get(ctx.primary.name) if setup else None  # missing: refused later
+    return found, ctx.primary.find_commit(own.base if own is not None else None)
+
+
+def begin(ctx: JobContext) -> Start:
+    """Read, at once, what this worker must know before it acts.
+
+    The probe of the meeting point (a client of its own, with short
+    timeouts) runs here while everything else runs on the meeting point's
+    client in a thread. When the probe fails its error is raised at once:
+    the reads fail for the same reason, only later and less clearly, and the
+    thread (a daemon) is left to them.
+    """
+    if not ctx.meeting.stored:
+        found, snapshot = _read(ctx)
+    else:
+        outcome: list[tuple[dict[str, Record], str | None]] = []
+        failure: list[BaseException] = []
+
+        def reads() -> None:
+            try:
+                outcome.append(_read(ctx))
+            except BaseException as exc:  # handed to the starting thread as is
+                failure.append(exc)
+
+        def connect() -> None:
+            for driver in ctx.drivers:
+                driver.connect()
+
+        threads = [
+            threading.Thread(target=reads, name="icechunk-coop-start", daemon=True),
+            threading.Thread(target=connect, name="icechunk-coop-connect", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        ctx.meeting.check_reachable()
+        for thread in threads:
+            thread.join()
+        if failure:
+            raise failure[0]
+        found, snapshot = outcome[0]
+    committed = COMMITTED in found
+    setup, plan = found.get(SETUP), found.get(PLAN)
+    assert setup is None or isinstance(setup, Setup)
+    assert plan is None or isinstance(plan, Plan)
+    return Start(
+        committed=committed or snapshot is not None,
+        snapshot=None if committed else snapshot,
+        setup=setup,
+        plan=plan,
+    )
