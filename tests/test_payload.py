@@ -18,6 +18,7 @@ from icechunk_coop import (
     PayloadError,
     PayloadFormatError,
     Sealer,
+    _payload,
 )
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -136,7 +137,7 @@ def test_other_icechunk_version_is_refused(
     sealer: Sealer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     canary = tmp_path / "pwned"
-    monkeypatch.setattr(icechunk, "__version__", "1.0.0")
+    monkeypatch.setattr(_payload, "_icechunk_version", lambda: "1.0.0")
     blob = sealer.seal(Boom(canary), name="setup", content="pickle")
     monkeypatch.undo()
     with pytest.raises(IcechunkVersionError, match=r"icechunk 1\.0\.0"):

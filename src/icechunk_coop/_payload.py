@@ -23,16 +23,17 @@ google-auth, so sealing adds no dependency of its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import pickle
 import struct
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any, Literal
 
 import attrs
-import icechunk
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +50,13 @@ from icechunk_coop._errors import (
 __all__ = ["INSECURE_ENV", "SECRET_ENV", "Sealer"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _icechunk_version() -> str:
+    """The installed icechunk's version, read without importing icechunk (zarr, numpy)."""
+    return metadata.version("icechunk")
+
 
 SECRET_ENV = "ICECHUNK_COOP_SECRET"  # noqa: S105 - a variable name, not a secret
 INSECURE_ENV = "ICECHUNK_COOP_INSECURE"
@@ -138,7 +146,7 @@ class Sealer:
                 "job": self.job_id,
                 "name": name,
                 "content": content,
-                "icechunk": icechunk.__version__,
+                "icechunk": _icechunk_version(),
                 "auth": "aes-256-gcm" if self._key is not None else "none",
             },
             sort_keys=True,
@@ -234,9 +242,9 @@ class Sealer:
                 location=location,
                 reason=f"it was written as {header.get('name')!r}, not {name!r}",
             )
-        if header.get("content") == "pickle" and header.get("icechunk") != icechunk.__version__:
+        if header.get("content") == "pickle" and header.get("icechunk") != _icechunk_version():
             raise IcechunkVersionError(
                 location=location,
                 reason=f"it was written by icechunk {header.get('icechunk')}, this worker "
-                f"runs {icechunk.__version__}: run every worker of a job from the same image",
+                f"runs {_icechunk_version()}: run every worker of a job from the same image",
             )

@@ -9,19 +9,55 @@ signal N.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from icechunk_coop import ConfigurationError, CoopError
-from icechunk_coop.cli._controller import JobResult, LocalJob
-from icechunk_coop.cli._demo import cmd_demo, demo
 from icechunk_coop.cli._parser import EXIT_CODES
 from icechunk_coop.cli._parser import build_parser as _build_parser
-from icechunk_coop.cli._report import cmd_report, report
-from icechunk_coop.cli._run_local import LOG_LEVEL_ENV, cmd_run_local, run_local
-from icechunk_coop.cli._status import clean, cmd_clean, cmd_status, parse_age, status
+from icechunk_coop.cli._run_local import LOG_LEVEL_ENV
+
+if TYPE_CHECKING:
+    from icechunk_coop.cli._controller import JobResult, LocalJob
+    from icechunk_coop.cli._demo import demo
+    from icechunk_coop.cli._report import report
+    from icechunk_coop.cli._run_local import run_local
+    from icechunk_coop.cli._status import clean, parse_age, status
+
+# Each command's module is imported when that command runs: ``--help`` and
+# ``run-local``'s controller never load icechunk, zarr or numpy.
+_LAZY: dict[str, str] = {
+    "JobResult": "icechunk_coop.cli._controller",
+    "LocalJob": "icechunk_coop.cli._controller",
+    "demo": "icechunk_coop.cli._demo",
+    "report": "icechunk_coop.cli._report",
+    "run_local": "icechunk_coop.cli._run_local",
+    "clean": "icechunk_coop.cli._status",
+    "parse_age": "icechunk_coop.cli._status",
+    "status": "icechunk_coop.cli._status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icechunk_coop.cli' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        func: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"icechunk_coop.cli.{module}"), name
+        )
+        return func(args)
+
+    return run
+
 
 __all__ = [
     "EXIT_CODES",
@@ -44,11 +80,11 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def build_parser() -> argparse.ArgumentParser:
     return _build_parser(
         {
-            "run-local": cmd_run_local,
-            "status": cmd_status,
-            "report": cmd_report,
-            "clean": cmd_clean,
-            "demo": cmd_demo,
+            "run-local": _command("_run_local", "cmd_run_local"),
+            "status": _command("_status", "cmd_status"),
+            "report": _command("_report", "cmd_report"),
+            "clean": _command("_status", "cmd_clean"),
+            "demo": _command("_demo", "cmd_demo"),
         }
     )
 

@@ -12,11 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-import icechunk
-import numpy as np
-import zarr
-
-from icechunk_coop import METADATA_KEY, ConfigurationError, CoopError, icechunk_storage
+from icechunk_coop import METADATA_KEY, ConfigurationError, CoopError
 from icechunk_coop.cli._run_local import run_local
 from icechunk_coop.cli._words import describe_exit, plural
 
@@ -68,6 +64,8 @@ def _demo_phase(
 
 
 def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
+    import icechunk
+
     """Backfill, then update, the example dataset with local workers; report."""
     icechunk.set_logs_filter("error")  # local files warn about concurrency we do not do
     script = _example_script()
@@ -112,6 +110,12 @@ def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
 
 
 def _check_no_empty_steps(repo_url: Path) -> None:
+    import icechunk
+    import numpy as np
+    import zarr
+
+    from icechunk_coop import icechunk_storage
+
     """Every init time the primary shows has data: the update resumed where the backfill ended."""
     repo = icechunk.Repository.open(icechunk_storage(str(repo_url)))
     root = zarr.open_group(repo.readonly_session("main").store, mode="r")
@@ -124,6 +128,11 @@ def _check_no_empty_steps(repo_url: Path) -> None:
 
 
 def _print_history(repo_url: Path) -> None:
+    import icechunk
+    import zarr
+
+    from icechunk_coop import icechunk_storage
+
     repo = icechunk.Repository.open(icechunk_storage(str(repo_url)))
     print("\nCommits on main (newest first):")
     for info in repo.ancestry(branch="main"):

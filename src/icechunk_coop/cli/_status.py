@@ -8,9 +8,10 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import icechunk
+if TYPE_CHECKING:
+    import icechunk
 
 from icechunk_coop import (
     SECRET_ENV,
@@ -193,6 +194,8 @@ def parse_age(text: str) -> float:
 
 
 def _open_repos(repos: Sequence[str]) -> dict[str, icechunk.Repository]:
+    import icechunk
+
     opened = {}
     for url in repos:
         try:

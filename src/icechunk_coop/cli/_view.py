@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import IO, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 import attrs
 
-from icechunk_coop import JobProgress
+if TYPE_CHECKING:
+    from icechunk_coop import JobProgress
+
 from icechunk_coop.cli._words import describe_exit, plural
 
 __all__ = [
