@@ -1,7 +1,7 @@
 """Blobs planted at every rendezvous path of a job: none is unpickled; refusals name the blob.
 
 Each case plants one bad blob at one of the job's names before its three
-workers run (in this process, local files). The job either completes with
+workers run, or while they run (in this process, local files). The job either completes with
 exactly one commit (it overwrote its own slot) or stops with a refusal that
 names the blob; the planted pickle's payload never runs.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
+import time
 from pathlib import Path
 
 import icechunk
@@ -22,7 +24,10 @@ from icechunk_coop import (
     PayloadError,
     Sealer,
     Stores,
+    WaitPolicy,
+    WorkerFailedError,
     WorkerIdentity,
+    WorkerOutcome,
 )
 from icechunk_coop._records import COMMITTED, PLAN, SETUP, failure_name, result_name
 from icechunk_coop.testing import job_commits, run_in_process
@@ -113,3 +118,78 @@ def test_a_planted_blob_is_refused_by_name_or_overwritten(
         assert len(job_commits(icechunk.Repository.open(storage), "h-u")) == 1
     assert not sentinel.exists(), "a planted pickle was unpickled"
     assert not os.path.exists(tmp_path / "pwned")
+
+
+DURING = [SETUP, result_name(1), PLAN, COMMITTED, failure_name(result_name(1))]
+
+
+@pytest.mark.parametrize("kind", ["raw-pickle", "other-secret", "truncated"])
+@pytest.mark.parametrize("name", DURING)
+@pytest.mark.parametrize("when", ["between-workers", "while-the-last-waits"])
+def test_a_blob_planted_during_the_run_is_refused_by_name_or_overwritten(
+    tmp_path: Path, name: str, kind: str, when: str
+) -> None:
+    """The same blobs, planted mid-job: after worker 0 published, or while the last one waits.
+
+    Whatever lands first, the job either commits once or stops with an error
+    that names the planted blob; it never ends quietly without its commit
+    (a forged ``committed`` seen by a wait used to make every waiting worker
+    report "already committed"), and the pickle never runs.
+    """
+    sentinel = tmp_path / "pwned"
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    policy = WaitPolicy(timeout=30, initial_interval=0.02, max_interval=0.1)
+
+    def make(index: int) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=WorkerIdentity(worker_index=index, workers_total=3, job_name="h", job_uid="u"),
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=IcechunkTarget(name="primary", storage=storage),
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+            policy=policy,
+        )
+
+    def prepare(stores: Stores) -> None:
+        zarr.open_group(stores.primary, mode="a").create_array(
+            "a", shape=(3,), chunks=(1,), dtype="i4", fill_value=0
+        )
+
+    outcomes: dict[int, WorkerOutcome | BaseException] = {}
+
+    def run(index: int) -> None:
+        try:
+            outcomes[index] = make(index).run(work=lambda s: None, prepare=prepare, message="m")
+        except Exception as exc:
+            outcomes[index] = exc
+
+    blobs = make(0).meeting.rendezvous.blobs  # type: ignore[attr-defined]
+    run(0)
+    last = threading.Thread(target=run, args=(2,))
+    if when == "while-the-last-waits":
+        last.start()
+        deadline = time.monotonic() + 20
+        while blobs.get(result_name(2)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # a few polls of its wait
+    blobs.put(name, bad_blob(kind, name, sentinel))
+    if when == "while-the-last-waits":
+        time.sleep(0.5)  # the last worker's wait meets the blob before worker 1 runs
+    run(1)
+    if when == "between-workers":
+        last.start()
+    last.join(60)
+    assert not last.is_alive()
+
+    commits = job_commits(icechunk.Repository.open(storage), "h-u")
+    errors = {i: o for i, o in outcomes.items() if isinstance(o, BaseException)}
+    for index, error in errors.items():
+        assert isinstance(error, PayloadError | WorkerFailedError), (index, error)
+        assert f"/{name}" in str(error) or name in str(error), (index, error)
+    said_done = [i for i, o in outcomes.items()
+                 if isinstance(o, WorkerOutcome) and o.status == "already-committed"]  # fmt: skip
+    assert not (said_done and not commits), f"workers {said_done} said the job was done: it is not"
+    if errors:
+        assert commits == [], "a job that stopped committed anyway"
+    else:
+        assert len(commits) == 1, f"no error and {len(commits)} commits: {outcomes}"
+    assert not sentinel.exists(), "a planted pickle was unpickled"

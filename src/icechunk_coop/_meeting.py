@@ -23,6 +23,7 @@ from icechunk_coop._errors import (
     WorkerFailedError,
 )
 from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop._markers import Committed
 from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop._records import COMMITTED, Record, failure_name
 from icechunk_coop._rendezvous import Rendezvous, WaitInterrupted
@@ -135,11 +136,22 @@ class StoredMeeting:
         records = {name: kinds[name].from_wire(w, self.location(name)) for name, w in wires.items()}
         return records, {markers[m] for m in present}
 
+    def _verified_commit(self) -> AlreadyCommittedError:
+        """The wait saw ``committed``: believe it only once it opens as this job's marker.
+
+        Seeing the name is not enough: a blob planted there would otherwise stop
+        every waiting worker with "already committed", and the job would end
+        with no commit and no error. A marker that does not open is refused,
+        naming it (:class:`PayloadError`).
+        """
+        self.read(COMMITTED, Committed)
+        return _committed(self.job_id)
+
     def wait_for(self, name: str, kind: type[R]) -> R:
         try:
             wire = self.rendezvous.wait_for(name, content=kind.CONTENT, unless=COMMITTED)
         except WaitInterrupted:
-            raise _committed(self.job_id) from None
+            raise self._verified_commit() from None
         return kind.from_wire(wire, self.location(name))
 
     def wait_for_all(
@@ -161,7 +173,7 @@ class StoredMeeting:
                 names, content=kind.CONTENT, unless=COMMITTED, on_arrival=arrived
             )
         except WaitInterrupted:
-            raise _committed(self.job_id) from None
+            raise self._verified_commit() from None
         return {name: records[name] for name in names}
 
     def arrived(self) -> set[str]:
