@@ -15,8 +15,8 @@ The flow (one job, N workers, every step idempotent)::
                       the primary, each by compare-and-set; then COMMITTED
                       and cleanup.
 
-Each step lives in a module of its own (``_setup``, ``_work``,
-``_finalize``); each kind of target has a driver (``_drivers``); finding a
+Each step lives in a module of its own (``_start``, what a worker reads
+before it acts, all at once; ``_setup``, ``_work``, ``_finalize``); each kind of target has a driver (``_drivers``); finding a
 job's own commit is the ledger's (``_ledger``). A one-worker job runs the
 same steps with an in-process meeting point. ``CooperativeJob.run`` is the
 sequence; the functions at the end of this module are the same steps for
