@@ -16,8 +16,9 @@ The flow (one job, N workers, every step idempotent)::
                       and cleanup.
 
 Each step lives in a module of its own (``_start``, what a worker reads
-before it acts, all at once; ``_setup``, ``_work``, ``_finalize``); each kind of target has a driver (``_drivers``); finding a
-job's own commit is the ledger's (``_ledger``). A one-worker job runs the
+before it acts, all at once; ``_setup``, ``_work``, ``_finalize``); each
+kind of target has a driver (``_drivers``); finding a job's own commit is
+the ledger's (``_ledger``). A one-worker job runs the
 same steps with an in-process meeting point. ``CooperativeJob.run`` is the
 sequence; the functions at the end of this module are the same steps for
 callers who drive them one by one.

@@ -1,45 +1,9 @@
-"""Local servers for testing pipelines built on icechunk-coop: no cloud needed.
-
-Icechunk talks to storage from Rust, so an in-process mock of botocore never
-reaches it; a real S3 server on loopback does. :func:`local_s3` runs moto's
-S3 server (install ``moto[server]``) as a separate process, which also keeps
-it from competing for the GIL with busy workers::
-
-    from icechunk_coop.testing import local_s3
-
-    with local_s3() as s3:
-        s3.create_bucket("demo")
-        env = {**os.environ, **s3.env}  # for worker processes
-        ...  # s3://demo/... now works for icechunk, s3fs and boto3 alike
-
-:func:`serve` is the general piece: start any server process and wait until
-it answers HTTP, with a deadline, stopping it on the way out.
-
-:func:`fault_proxy` puts a fault-injecting proxy (its own process) in front
-of such a server: 503 SlowDown, 500, connection resets, slow replies and
-writes that land but whose reply is lost, each at a rate you set and can
-change while it runs. Point workers at ``proxy.env`` instead of ``s3.env``::
-
-    with local_s3() as s3, fault_proxy(s3.endpoint_url, slowdown=0.05, reset=0.05) as proxy:
-        env = {**os.environ, **proxy.env}
-        ...
-        proxy.counts()  # {"requests": ..., "slowdown": ..., "reset": ..., ...}
-
-For the jobs themselves: :func:`run_in_process` runs every worker of a job
-one after another in this process (fork/merge does not care which process a
-fork lived in); :func:`start_workers` starts them as real processes with an
-Indexed Job's environment; :func:`job_commits` counts what a job committed.
-Faults go in at the protocol's named crash points (:data:`CRASH_POINTS`):
-:func:`at_crash_point` runs a callable there in this process (by default it
-raises :class:`Killed`, a pod dying), and the environment variable
-:data:`CRASH_ENV` makes a worker process exit there.
-"""
+"""Servers on loopback, each its own process: moto's S3 and the fault-injecting proxy."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -47,44 +11,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import attrs
 import s3fs
-
-from icechunk_coop import _crash
-from icechunk_coop._crash import CRASH_ENV, CRASH_EXIT_CODE
-from icechunk_coop._crash import POINTS as CRASH_POINTS
-from icechunk_coop._identity import WorkerIdentity
-from icechunk_coop._ledger import job_of_commit
-from icechunk_coop._payload import SECRET_ENV
-
-if TYPE_CHECKING:
-    import icechunk
-
-    from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
-
-__all__ = [
-    "CRASH_ENV",
-    "CRASH_EXIT_CODE",
-    "CRASH_POINTS",
-    "LOOPBACK",
-    "FaultProxy",
-    "Killed",
-    "LocalS3",
-    "at_crash_point",
-    "crash_point",
-    "fault_proxy",
-    "free_port",
-    "indexed_job_env",
-    "job_commits",
-    "local_s3",
-    "run_in_process",
-    "serve",
-    "start_workers",
-]
 
 LOOPBACK = "127.0.0.1"
 
@@ -349,123 +281,3 @@ def fault_proxy(
 
 
 # ---- jobs -------------------------------------------------------------------------------
-
-
-class Killed(BaseException):
-    """A worker died at a crash point: not an ``Exception``, so no failure marker is left."""
-
-
-def _die(point: str) -> None:
-    raise Killed(point)
-
-
-@contextlib.contextmanager
-def at_crash_point(
-    point: str, action: Callable[[str], None] = _die, *, times: int = 1
-) -> Iterator[list[str]]:
-    """Run ``action(point)`` the first ``times`` times a worker in this process reaches ``point``.
-
-    Yields the list of points reached so far (for assertions). The default
-    action raises :class:`Killed`.
-    """
-    if point not in CRASH_POINTS:
-        raise ValueError(f"unknown crash point {point!r}; known: {', '.join(CRASH_POINTS)}")
-    reached: list[str] = []
-
-    def handler(name: str) -> None:
-        reached.append(name)
-        if name == point and reached.count(point) <= times:
-            action(name)
-
-    with _crash.installed(handler):
-        yield reached
-
-
-def crash_point(point: str = "mid-work") -> None:
-    """Call inside your ``work`` so that tests can kill a worker in the middle of it."""
-    _crash.reach(point)
-
-
-def run_in_process(
-    make: Callable[[WorkerIdentity], CooperativeJob],
-    total: int,
-    run: Callable[[CooperativeJob], WorkerOutcome],
-    *,
-    indexes: Iterable[int] | None = None,
-    job_name: str = "test",
-    job_uid: str = "uid",
-) -> list[WorkerOutcome]:
-    """Run workers of one job in this process, in order (worker 0 first, the last one last).
-
-    ``make`` builds each worker's job from its identity; ``run`` does its part
-    (usually ``lambda job: job.run(...)``). Worker processes are the real
-    thing (:func:`start_workers`); this is for fast, deterministic tests.
-    """
-    outcomes = []
-    for index in range(total) if indexes is None else indexes:
-        identity = WorkerIdentity(
-            worker_index=index, workers_total=total, job_name=job_name, job_uid=job_uid
-        )
-        outcomes.append(run(make(identity)))
-    return outcomes
-
-
-def indexed_job_env(
-    index: int, total: int, *, job_name: str, job_uid: str, secret: str | None = None
-) -> dict[str, str]:
-    """The variables an Indexed Job's pod gets (see ``examples/k8s``)."""
-    env = {
-        "JOB_COMPLETION_INDEX": str(index),
-        "WORKERS_TOTAL": str(total),
-        "JOB_NAME": job_name,
-        "JOB_UID": job_uid,
-    }
-    if secret is not None:
-        env[SECRET_ENV] = secret
-    return env
-
-
-def start_workers(
-    argv: Sequence[str],
-    total: int,
-    *,
-    job_name: str,
-    job_uid: str,
-    secret: str | None = None,
-    env: Mapping[str, str] | None = None,
-    indexes: Iterable[int] | None = None,
-    extra_env: Mapping[int, Mapping[str, str]] | None = None,
-) -> dict[int, subprocess.Popen[str]]:
-    """Start ``argv`` once per index as a separate process, the way a Job starts pods.
-
-    ``env`` is the base environment (default: this process's); ``extra_env``
-    adds variables per index (e.g. ``{2: {CRASH_ENV: "between-commits"}}``).
-    Output (stdout and stderr together) is piped; read it with
-    ``proc.communicate()``.
-    """
-    base = dict(os.environ if env is None else env)
-    base.pop("WORKER_INDEX", None)  # explicit variables would win over the indexed job's
-    procs: dict[int, subprocess.Popen[str]] = {}
-    for index in range(total) if indexes is None else indexes:
-        child = {
-            **base,
-            **indexed_job_env(index, total, job_name=job_name, job_uid=job_uid, secret=secret),
-            **(extra_env or {}).get(index, {}),
-        }
-        procs[index] = subprocess.Popen(
-            list(argv),
-            env=child,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    return procs
-
-
-def job_commits(repo: icechunk.Repository, job_id: str, branch: str = "main") -> list[str]:
-    """The snapshots on ``branch`` that job ``job_id`` committed (exactly one, normally)."""
-    return [
-        str(info.id)
-        for info in repo.ancestry(branch=branch)
-        if job_of_commit(info.metadata) == job_id
-    ]
