@@ -25,28 +25,16 @@ object store (S3 answers small requests in roughly 10-30 ms; moto in < 2 ms).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import socket
 import sys
 import threading
 import time
 import urllib.parse
 from collections import Counter, defaultdict
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
+from icechunk_coop._forwarding import ForwardingHandler, ForwardingServer
+
 _LIST_QUERY = frozenset({"list-type", "prefix", "delimiter", "marker", "continuation-token"})
 
 
@@ -103,43 +91,8 @@ class Ledger:
             return list(self._events.get(bucket, []))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(ForwardingHandler):
     server: _ProxyServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # one line per request would cost more than the forwarding
-
-    def setup(self) -> None:
-        super().setup()
-        self._upstream: http.client.HTTPConnection | None = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._upstream is None:
-            conn = http.client.HTTPConnection(
-                self.server.upstream_host, self.server.upstream_port, timeout=120
-            )
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._upstream = conn
-        return self._upstream
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(parts)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _control(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
@@ -158,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _forward(self) -> None:
+    def _handle(self) -> None:
         if self.path.startswith("/_bench/"):
             self._control()
             return
@@ -166,57 +119,21 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.latency:
             time.sleep(self.server.latency)
         bucket, kind = classify(self.command, self.path, self.headers)
-        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
-        if body or self.command in {"PUT", "POST"}:
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            headers.append(("Content-Length", str(len(body))))
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers:
-                    conn.putheader(k, v)
-                conn.endheaders(message_body=body or None)
-                resp = conn.getresponse()
-                data = resp.read()
-                break
-            except (http.client.HTTPException, OSError):
-                # A kept-alive upstream connection closed under us: reconnect once.
-                conn.close()
-                self._upstream = None
-                if attempt == 2:
-                    self.send_error(502, "upstream failed")
-                    return
+        forwarded = self._forward(body)
+        if forwarded is None:
+            self.send_error(502, "upstream failed")
+            return
+        resp, data = forwarded
         self.server.ledger.add(bucket, kind, resp.status)
-        self.send_response_only(resp.status, resp.reason)
-        for k, v in resp.getheaders():
-            lk = k.lower()
-            if lk in _HOP_BY_HOP or lk in {"content-length", "date", "server"}:
-                continue
-            self.send_header(k, v)
-        if self.command == "HEAD":
-            length = resp.getheader("Content-Length")
-            if length is not None:
-                self.send_header("Content-Length", length)
-        else:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD" and data:
-            self.wfile.write(data)
+        self._relay(resp, data)
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _forward  # noqa: N815
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle  # noqa: N815
 
 
-class _ProxyServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-
+class _ProxyServer(ForwardingServer):
     def __init__(self, address: tuple[str, int], upstream: str, latency: float = 0.0) -> None:
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, upstream)
         self.latency = latency
-        parsed = urllib.parse.urlsplit(upstream)
-        self.upstream_host = parsed.hostname or "127.0.0.1"
-        self.upstream_port = parsed.port or 80
         self.ledger = Ledger()
 
 

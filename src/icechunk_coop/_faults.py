@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import random
 import re
@@ -66,8 +65,9 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
+
+from icechunk_coop._forwarding import ForwardingHandler, ForwardingServer
 
 __all__ = ["CONTROL", "EXCLUSIVE", "KINDS", "Faults", "main", "validate_rates"]
 
@@ -78,18 +78,6 @@ KINDS: Final = (*EXCLUSIVE, "delay")
 """Every kind of fault, as counted at ``/_faults/counts``."""
 _WRITES: Final = frozenset({"PUT", "POST", "DELETE"})
 _RATE_KEYS: Final = frozenset({*KINDS, "delay_ms"})
-
-_HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
 
 
 def validate_rates(rates: Mapping[str, Any]) -> dict[str, float]:
@@ -241,51 +229,8 @@ _ERRORS: Final = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(ForwardingHandler):
     server: _FaultServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # one line per request would cost more than the forwarding
-
-    def setup(self) -> None:
-        super().setup()
-        self._upstream: http.client.HTTPConnection | None = None
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        if self._upstream is not None:
-            self._upstream.close()
-
-    # ---- plumbing ---------------------------------------------------------------------
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._upstream is None:
-            conn = http.client.HTTPConnection(
-                self.server.upstream_host, self.server.upstream_port, timeout=120
-            )
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._upstream = conn
-        return self._upstream
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(parts)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _abort(self) -> None:
         """Reset the client's connection: RST, no reply, no orderly close."""
@@ -331,28 +276,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- forwarding -------------------------------------------------------------------
 
-    def _forward(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes] | None:
-        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
-        if body or self.command in {"PUT", "POST"}:
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            headers.append(("Content-Length", str(len(body))))
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers:
-                    conn.putheader(k, v)
-                conn.endheaders(message_body=body or None)
-                resp = conn.getresponse()
-                return resp, resp.read()
-            except (http.client.HTTPException, OSError):
-                # A kept-alive upstream connection closed under us: reconnect once.
-                conn.close()
-                self._upstream = None
-                if attempt == 2:
-                    return None
-        return None  # pragma: no cover - the loop returns
-
     def _handle(self) -> None:
         body = self._read_body()
         if self.path.startswith(CONTROL):
@@ -384,40 +307,15 @@ class _Handler(BaseHTTPRequestHandler):
             faults.lost(self.command, self.path, resp.status)
             self._abort()
             return
-        self.send_response_only(resp.status, resp.reason)
-        for k, v in resp.getheaders():
-            lk = k.lower()
-            if lk in _HOP_BY_HOP or lk in {"content-length", "date", "server"}:
-                continue
-            self.send_header(k, v)
-        if self.command == "HEAD":
-            length = resp.getheader("Content-Length")
-            if length is not None:
-                self.send_header("Content-Length", length)
-        else:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD" and data:
-            self.wfile.write(data)
+        self._relay(resp, data)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle  # noqa: N815
 
 
-class _FaultServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-
+class _FaultServer(ForwardingServer):
     def __init__(self, address: tuple[str, int], upstream: str, faults: Faults) -> None:
-        super().__init__(address, _Handler)
-        parsed = urllib.parse.urlsplit(upstream)
-        self.upstream_host = parsed.hostname or "127.0.0.1"
-        self.upstream_port = parsed.port or 80
+        super().__init__(address, _Handler, upstream)
         self.faults = faults
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up on us (or a socket we reset ourselves) is routine here.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
 
 
 def _rate(text: str) -> float:
