@@ -144,7 +144,7 @@ def render(lines: list[dict[str, Any]], command: str, note: str = "") -> str:
         f"{by_kind['matrix']} crash point x role) |",
         f"| **violations** | **{outcomes['violated']}** |",
         f"| committed exactly once | {outcomes['committed']} |",
-        f"| stopped clearly, nothing half-visible (only under faults) | "
+        f"| stopped clearly, nothing half-visible (under faults, or a repository whose creator was killed) | "
         f"{outcomes['failed-clearly']} |",
         f"| crash points x roles covered | {len(covered)} of {len(reachable)} reachable |",
         f"| temporary branches a killed pod left, no pod of the job after it "

@@ -78,6 +78,7 @@ from icechunk_coop.testing import (
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "schedules-secret-0123456789abcdef"
 COLS = 8
+CREATION_CUT_SHORT = "its creation was cut short"  # the error of a repository half created
 ROWS_PER_JOB = 16  # coop_worker's
 BACKOFF_LIMIT = 3  # restarts per index, like backoffLimitPerIndex
 WAIT_TIMEOUT = 90.0  # every worker's wait deadline (coop_worker --timeout)
@@ -530,7 +531,11 @@ def _conflict(e: _Ended) -> bool:
 def _may_stop(schedule: Schedule, ended: list[_Ended]) -> bool:
     """Whether stopping (with clear errors) is a right outcome for this schedule."""
     rival_conflict = schedule.interloper is not None and any(_conflict(e) for e in ended)
-    return schedule.faults > 0 or rival_conflict
+    # Worker 0 killed while icechunk created the repository leaves a prefix that
+    # is no repository and refuses every later create: only an operator may
+    # delete objects from a store, so the job stops saying which ones.
+    cut_short = any(CREATION_CUT_SHORT in e.output for e in ended)
+    return schedule.faults > 0 or rival_conflict or cut_short
 
 
 def _excused(branch: str, job_id: str, ended: list[_Ended]) -> bool:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
 
+import icechunk
 import pytest
 
 from icechunk_coop import (
@@ -13,9 +17,10 @@ from icechunk_coop import (
     StorageUnreachableError,
     WorkerFailedError,
     WorkerIdentity,
+    _icechunk_driver,
     icechunk_storage,
 )
-from icechunk_coop.testing import LocalS3, free_port
+from icechunk_coop.testing import LocalS3, free_port, job_commits, run_in_process
 
 SECRET = "locations-secret-0123456789abcdef"
 
@@ -65,3 +70,52 @@ def test_an_unreachable_endpoint_is_a_clear_retryable_error_naming_it(
         worker.run(work=lambda stores: None, message="m")
     assert info.value.retryable
     assert "s3://some-bucket/rv" in str(info.value)
+
+
+def _half_created(path: Path) -> tuple[icechunk.Storage, bytes]:
+    """What a worker 0 killed while icechunk created the repository leaves: no ``repo``.
+
+    Also the ``repo`` object it would have written last.
+    """
+    storage = icechunk.local_filesystem_storage(str(path))
+    icechunk.Repository.create(storage)
+    last = (path / "repo").read_bytes()
+    (path / "repo").unlink()
+    return storage, last
+
+
+def _backfill(storage: icechunk.Storage, rendezvous: Path) -> Callable[[CooperativeJob], object]:
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(rendezvous),
+            primary=IcechunkTarget(name="primary", storage=storage),
+            environ={"ICECHUNK_COOP_INSECURE": "1"},
+        )
+
+    return make
+
+
+def test_a_repository_whose_creator_was_killed_is_refused_naming_what_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_icechunk_driver, "CREATOR_GRACE", 0.5)
+    storage, _ = _half_created(tmp_path / "repo")
+    with pytest.raises(MissingLocationError, match="creation was cut short") as info:
+        run_in_process(_backfill(storage, tmp_path / "rv"), 2, lambda job: job.run(
+            work=lambda stores: None, message="m"))  # fmt: skip
+    assert "snapshots/1CECHNKREP0F1RSTCMT0" in str(info.value)
+    assert "delete those objects" in str(info.value)
+    assert not icechunk.Repository.exists(storage), "nothing may be created over the leftovers"
+
+
+def test_a_twin_finishing_the_repository_within_the_grace_is_used(tmp_path: Path) -> None:
+    storage, last = _half_created(tmp_path / "repo")
+    # A live twin of worker 0 writes the last object of its create a second from now.
+    finished = threading.Timer(1.0, (tmp_path / "repo" / "repo").write_bytes, [last])
+    finished.start()
+    outcomes = run_in_process(_backfill(storage, tmp_path / "rv"), 2, lambda job: job.run(
+        work=lambda stores: None, message="m"))  # fmt: skip
+    finished.join()
+    assert [o.status for o in outcomes] == ["published", "committed"]
+    assert len(job_commits(icechunk.Repository.open(storage), "test-uid")) == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,9 @@ from icechunk_coop._targets import IcechunkTarget
 __all__ = ["IcechunkDriver"]
 
 log = logging.getLogger(__name__)
+
+#: How long worker 0 waits for another creator (a twin) to finish a repository.
+CREATOR_GRACE = 20.0
 
 _MISSING_BUCKET = ("nosuchbucket", "bucket does not exist", "specified bucket")
 
@@ -203,18 +207,53 @@ class IcechunkDriver:
             return None  # no repository or branch yet: nothing can have been committed
         return find_job_commit(repo, tip, self.job_id, base, self.scan)
 
+    def _finished_by_another(self, refused: icechunk.IcechunkError) -> icechunk.Repository:
+        """The repository another creator is finishing, or why there will be none.
+
+        icechunk creates a repository by writing its first snapshot and
+        transaction log, then the ``repo`` object; a creator killed in between
+        leaves a prefix that is neither empty nor a repository, and every
+        later create is refused ("only be created in clean prefixes"). A live
+        twin of worker 0 may be in that window: wait for its ``repo`` a
+        while. Past that, the creator is dead; nothing of any job is there,
+        but deleting objects from a store is the operator's call, so the
+        error lists them and says so.
+        """
+        storage = self.target.storage
+        deadline = time.monotonic() + CREATOR_GRACE
+        while time.monotonic() < deadline:
+            if icechunk.Repository.exists(storage):
+                return self._open(create=False)
+            time.sleep(0.5)
+        try:
+            keys = sorted(info.key for info in storage.list_objects_metadata())
+        except icechunk.IcechunkError:
+            keys = []
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        raise MissingLocationError(
+            url=self.target.location,
+            role=f"the repository of target {self.name!r}",
+            detail=f"its creation was cut short (a pod killed while creating it): the prefix "
+            f"holds {shown or 'objects'} but no repository, and icechunk creates only in an "
+            "empty prefix",
+            fix="delete those objects (they hold no data)",
+        ) from refused
+
     def stage(self, *, primary: bool) -> _Staging:
         try:
             repo = self._open(create=self.target.create)
         except icechunk.IcechunkError as exc:
-            if self.target.create or "doesn't exist" not in str(exc):
+            if self.target.create and "clean prefix" in str(exc):
+                repo = self._finished_by_another(exc)
+            elif self.target.create or "doesn't exist" not in str(exc):
                 raise
-            raise MissingLocationError(
-                url=self.target.location,
-                role=f"the repository of target {self.name!r}",
-                detail="this job extends a dataset and may not create one (create=False)",
-                fix="check the URL, or run a backfill first",
-            ) from exc
+            else:
+                raise MissingLocationError(
+                    url=self.target.location,
+                    role=f"the repository of target {self.name!r}",
+                    detail="this job extends a dataset and may not create one (create=False)",
+                    fix="check the URL, or run a backfill first",
+                ) from exc
         # A clean fork of the target branch: its base S0 is the snapshot the
         # session read, so nothing can slip in between reading S0 and forking.
         # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
