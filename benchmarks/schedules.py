@@ -144,8 +144,8 @@ def render(lines: list[dict[str, Any]], command: str, note: str = "") -> str:
         f"{by_kind['matrix']} crash point x role) |",
         f"| **violations** | **{outcomes['violated']}** |",
         f"| committed exactly once | {outcomes['committed']} |",
-        f"| stopped clearly, nothing half-visible (under faults, or a repository whose creator was killed) | "
-        f"{outcomes['failed-clearly']} |",
+        "| stopped clearly, nothing half-visible (under faults, or a repository whose "
+        f"creator was killed) | {outcomes['failed-clearly']} |",
         f"| crash points x roles covered | {len(covered)} of {len(reachable)} reachable |",
         f"| temporary branches a killed pod left, no pod of the job after it "
         f"(removed by `icechunk-coop clean`) | {sum(line.get('left', 0) for line in lines)} |",
