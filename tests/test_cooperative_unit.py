@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from icechunk_coop import (
     get_merged_sessions,
     publish_result,
 )
+from icechunk_coop._blobs import BlobStore
 from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED, FAILED_SUFFIX, Result, result_name
+from icechunk_coop._records import COMMITTED, FAILED_SUFFIX, PLAN, SETUP, Result, result_name
 from icechunk_coop.testing import job_commits, run_in_process
 
 SECRET = "unit-secret-0123456789abcdef0123"
@@ -378,3 +380,41 @@ def test_the_committed_marker_keeps_every_workers_timeline(tmp_path: Path) -> No
         assert all(began <= ended for began, ended in steps.values())
         assert steps["setup"][1] <= steps["work"][0]
     assert set(outcomes[2].seconds) == {"setup", "work", "wait", "commit"}
+
+
+def test_a_worker_reads_what_it_needs_at_start_in_one_batch_and_the_setup_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start is one batched read (marker, setup, plan, own failure markers), not one each.
+
+    A worker starting after the setup was published finds it in that batch
+    and does not read it again in its setup step; nothing of its own is
+    deleted when no failure marker is there.
+    """
+    calls: list[tuple[str, tuple[str, ...]]] = []
+    get, get_many, delete = BlobStore.get, BlobStore.get_many, BlobStore.delete
+
+    def spy_get(self: BlobStore, name: str) -> bytes | None:
+        calls.append(("get", (name,)))
+        return get(self, name)
+
+    def spy_get_many(self: BlobStore, names: Sequence[str]) -> dict[str, bytes]:
+        calls.append(("get_many", tuple(names)))
+        return get_many(self, names)
+
+    def spy_delete(self: BlobStore, name: str) -> None:
+        calls.append(("delete", (name,)))
+        delete(self, name)
+
+    run_in_process(lambda identity: make_job(tmp_path, identity.worker_index, 3), 3,
+                   lambda job: job.run(work=lambda s: None, prepare=prepare, message="m"),
+                   indexes=[0, 1], job_name="unit", job_uid="u")  # fmt: skip
+    monkeypatch.setattr(BlobStore, "get", spy_get)
+    monkeypatch.setattr(BlobStore, "get_many", spy_get_many)
+    monkeypatch.setattr(BlobStore, "delete", spy_delete)
+    outcome = make_job(tmp_path, 2, 3).run(work=lambda s: None, message="m")
+    assert outcome.status == "committed"
+    assert calls[0] == ("get_many", (COMMITTED, SETUP, PLAN, f"result-2{FAILED_SUFFIX}"))
+    setup_reads = [c for c in calls if SETUP in c[1]]
+    assert setup_reads == [calls[0]], calls
+    assert not [c for c in calls if c[0] == "delete" and FAILED_SUFFIX in c[1][0]], calls
