@@ -12,8 +12,7 @@ once: they are light, and ``except`` clauses name them before anything runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # First, before anything imports icechunk: its log lines carry no colour codes into a pipe.
 from icechunk_coop import _plain_logs  # noqa: F401  # isort: skip
@@ -40,6 +39,7 @@ from icechunk_coop._errors import (
     WorkerFailedError,
     WorkersTotalMismatchError,
 )
+from icechunk_coop._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from icechunk_coop._cleanup import delete_temporary_branches, remove_job, temporary_branches
@@ -126,13 +126,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'icechunk_coop' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next access is a plain attribute
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -237,20 +237,17 @@ class Rendezvous:
         a poll takes one round trip.
         """
         check_name(name)
-        probes = [name, failure_name(name), *([check_name(unless)] if unless else [])]
+        probes = [failure_name(name), *([unless] if unless else [])]
 
         def probe() -> tuple[Any] | None:
-            found = self._blobs.get_many(probes)
-            if name in found:
-                opened = self.sealer.open(
-                    found[name], name=name, location=self.location(name), expect=content
-                )
-                return (opened,)
-            if failure_name(name) in found:
+            opened, present = self.read_many({name: content}, probe=probes)
+            if name in opened:
+                return (opened[name],)
+            if failure_name(name) in present:
                 raise WorkerFailedError(
                     location=self.url, failures=self.failures([name]), job=self.job_id
                 )
-            self._interrupt(unless, found)
+            self._interrupt(unless, present)
             return None
 
         def timeout(waited: float) -> Exception:

@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from icechunk_coop import ConfigurationError, CoopError
+from icechunk_coop._lazy import lazy_attributes
 from icechunk_coop.cli._parser import EXIT_CODES
 from icechunk_coop.cli._parser import build_parser as _build_parser
 from icechunk_coop.cli._run_local import LOG_LEVEL_ENV
@@ -42,11 +43,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'icechunk_coop.cli' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
