@@ -12,6 +12,7 @@ import icechunk_coop
 from icechunk_coop import (
     AlreadyCommittedError,
     BranchKeptMovingError,
+    ChunkOverlapError,
     CommitConflictError,
     CommitOutcomeError,
     ConfigurationError,
@@ -22,9 +23,11 @@ from icechunk_coop import (
     IdentityError,
     MissingLocationError,
     MissingSecretError,
+    OverlapError,
     PayloadAuthenticationError,
     PayloadError,
     PayloadFormatError,
+    RegionOverlapError,
     RetryableError,
     ShrinkRefusedError,
     StorageUnreachableError,
@@ -59,11 +62,14 @@ TREE: dict[type[CoopError], tuple[tuple[type[BaseException], ...], bool, str]] =
     CommitConflictError: ((CommitOutcomeError,), False, "commit-conflict"),
     AlreadyCommittedError: ((CommitOutcomeError,), False, "already-committed"),
     ShrinkRefusedError: ((CommitOutcomeError,), False, "shrink-refused"),
+    OverlapError: ((CommitOutcomeError,), False, "overlap"),
+    ChunkOverlapError: ((OverlapError,), False, "chunk-overlap"),
+    RegionOverlapError: ((OverlapError,), False, "region-overlap"),
     BranchKeptMovingError: ((CommitOutcomeError, RetryableError), True, "branch-kept-moving"),
 }
 
 # Bases to catch, never raised as themselves by the library.
-ABSTRACT = {CoopError, PayloadError, RetryableError, CommitOutcomeError}
+ABSTRACT = {CoopError, PayloadError, RetryableError, CommitOutcomeError, OverlapError}
 
 # Every error, built as the library builds it.
 CASES: list[CoopError] = [
@@ -88,6 +94,37 @@ CASES: list[CoopError] = [
     AlreadyCommittedError(job="j", snapshot="ABC123"),
     ShrinkRefusedError(job="j", dimension="init_time", visible=8, final=7),
     BranchKeptMovingError(job="j", attempts=3, committed=["replica0"]),
+    ChunkOverlapError(
+        job="j",
+        target="primary",
+        array="/x",
+        first="(1,)",
+        count=2,
+        workers=[0, 1],
+        compared=True,
+        plain=False,
+        keys=["x/c/1", "x/c/2"],
+    ),
+    ChunkOverlapError(
+        job="j",
+        target="zarr0",
+        array="/x",
+        first="(1,)",
+        count=1,
+        workers=[2, 5],
+        compared=False,
+        plain=True,
+        keys=["x/c/1"],
+    ),
+    RegionOverlapError(
+        job="j",
+        array="temp",
+        dimension="time",
+        size=10,
+        block=1,
+        jobs=["#1 (time 10:15)", "#2 (time 15:20)"],
+        workers=[0, 1],
+    ),
 ]
 
 
@@ -140,6 +177,9 @@ def test_kinds_are_unique_and_stable() -> None:
         "CommitConflictError": "commit-conflict",
         "AlreadyCommittedError": "already-committed",
         "ShrinkRefusedError": "shrink-refused",
+        "OverlapError": "overlap",
+        "ChunkOverlapError": "chunk-overlap",
+        "RegionOverlapError": "region-overlap",
         "BranchKeptMovingError": "branch-kept-moving",
     }
 

@@ -4,7 +4,9 @@ The protocol never asks what a target is. It asks its driver to
 
 - ``stage`` the base on worker 0 (a fork of the branch tip for Icechunk, a
   metadata-staging store for plain zarr) and ``seal`` it into the setup;
-- ``fork`` the setup for a worker to write into;
+- ``fork`` the setup for a worker to write into (through a store that
+  records what it writes), and list a result's ``changes`` for the last
+  worker's overlap check;
 - ``merge`` every worker's fork on the last worker (``add`` folds in more
   as they arrive), then on that merge: ``landed`` (does the target already
   hold this job? one read of the tip),
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import zarr.abc.store
 
 from icechunk_coop._ledger import Provenance
-from icechunk_coop._records import TargetSetup
+from icechunk_coop._records import TargetSetup, Writes
 
 if TYPE_CHECKING:
     import icechunk
@@ -67,6 +69,10 @@ class Fork(Protocol):
         """What the worker's result carries for this target (None: nothing)."""
         ...
 
+    def writes(self) -> Writes:
+        """What the worker wrote here (keys and digests), for the overlap check."""
+        ...
+
 
 class Merge(Protocol):
     """Every fork folded together on the last worker, not committed yet."""
@@ -74,8 +80,10 @@ class Merge(Protocol):
     @property
     def store(self) -> Store: ...
 
-    def add(self, forks: Sequence[icechunk.ForkSession | None]) -> None:
-        """Fold more forks in (the finalizer merges each result as it arrives)."""
+    def add(
+        self, forks: Sequence[icechunk.ForkSession | None], writes: Sequence[Writes] = ()
+    ) -> None:
+        """Fold more results in (the finalizer merges each one as it arrives)."""
         ...
 
     def landed(self) -> str | None:
@@ -117,6 +125,10 @@ class TargetDriver(Protocol):
         ...
 
     def fork(self, state: TargetSetup) -> Fork: ...
+
+    def changes(self, fork: icechunk.ForkSession | None, writes: Writes) -> dict[str, str | None]:
+        """Every key one result changed on this target, with its digest where known."""
+        ...
 
     def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> Merge: ...
 

@@ -21,6 +21,9 @@
     │   └── BranchKeptMovingError ─┐
     └── CommitOutcomeError         │         commit-outcome          see what was committed
         ├── CommitConflictError    │         commit-conflict
+    ├── OverlapError           │         overlap                 align the region jobs
+    │   ├── ChunkOverlapError  │         chunk-overlap
+    │   └── RegionOverlapError │         region-overlap
         ├── AlreadyCommittedError  │         already-committed
         ├── ShrinkRefusedError     │         shrink-refused
         └── BranchKeptMovingError ─┘         branch-kept-moving      (one class, both bases)
@@ -325,6 +328,114 @@ class CommitConflictError(CommitOutcomeError):
             f"forked, and it overlaps this job's changes: {'; '.join(conflicts)}. Nothing was "
             f"overwritten.{_committed_phrase(committed)} Re-run the work as a new job once "
             "the other writer is done."
+        )
+
+
+_ALIGN = (
+    "Align region jobs to chunk (or shard) boundaries so every chunk has one writer, and put "
+    "structural changes (new arrays, resizes, attributes) in worker 0's prepare."
+)
+
+
+def _workers_phrase(workers: list[int]) -> str:
+    return " and ".join(str(w) for w in workers)
+
+
+class OverlapError(CommitOutcomeError):
+    """Two workers of one job would write the same chunk or node: one's data would be lost.
+
+    Icechunk's merge keeps one fork's chunk and drops the other's without a
+    word; a plain zarr store keeps the last PUT. So the job is refused before
+    any target moves. Not retryable: the job's region jobs must change.
+    """
+
+    kind: ClassVar[str] = "overlap"
+
+
+class ChunkOverlapError(OverlapError):
+    """The last worker found a chunk (or node metadata) in two workers' writes, bytes differing."""
+
+    kind: ClassVar[str] = "chunk-overlap"
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        target: str,
+        array: str,
+        first: str,
+        count: int,
+        workers: list[int],
+        compared: bool,
+        plain: bool,
+        keys: list[str],
+    ) -> None:
+        self.job: Final = job
+        self.target: Final = target
+        self.array: Final = array
+        self.first: Final = first
+        self.count: Final = count
+        self.workers: Final = workers
+        self.compared: Final = compared
+        self.plain: Final = plain
+        self.keys: Final = keys
+        what = (
+            "its metadata"
+            if first == "metadata"
+            else f"{count} chunk{'s' if count != 1 else ''} of it (first: {first})"
+        )
+        how = (
+            "with different bytes"
+            if compared
+            else "and their bytes cannot be shown to be the same (a node created or deleted, "
+            "or a write that bypassed the stores this package handed out)"
+        )
+        after = (
+            f" The chunks are already in the store, so {', '.join(keys)}"
+            f"{' and more' if count > len(keys) else ''} may hold another worker's bytes; the "
+            "job's new metadata was not published, and a run of the fixed job rewrites them."
+            if plain and first != "metadata"
+            else " Nothing was committed: no target branch moved and no metadata was published."
+        )
+        super().__init__(
+            f"job {job!r}: workers {_workers_phrase(workers)} both wrote array {array!r} of "
+            f"target {target!r}, {what}, {how}; merging would keep one worker's bytes and lose "
+            f"the other's.{after} {_ALIGN}"
+        )
+
+
+class RegionOverlapError(OverlapError):
+    """Two region jobs given to different workers share a chunk or shard: refused at setup.
+
+    Raised by worker 0 before any worker downloads or writes anything, when
+    the region jobs say which region of the append dimension they write.
+    """
+
+    kind: ClassVar[str] = "region-overlap"
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        array: str,
+        dimension: str,
+        size: int,
+        block: int,
+        jobs: list[str],
+        workers: list[int],
+    ) -> None:
+        self.job: Final = job
+        self.array: Final = array
+        self.dimension: Final = dimension
+        self.size: Final = size
+        self.block: Final = block
+        self.jobs: Final = jobs
+        self.workers: Final = workers
+        super().__init__(
+            f"job {job!r}: region jobs {' and '.join(jobs)} both write block {block} of array "
+            f"{array!r} along {dimension!r} (chunks or shards of {size}), and they are assigned "
+            f"to workers {_workers_phrase(workers)}: one worker's data would be lost at the "
+            f"merge. Refused before any work began. {_ALIGN}"
         )
 
 

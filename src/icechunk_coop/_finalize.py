@@ -31,7 +31,8 @@ from icechunk_coop._errors import (
     WorkersTotalMismatchError,
 )
 from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED, PLAN, Plan, Result, Setup, result_name
+from icechunk_coop._overlap import OverlapCheck
+from icechunk_coop._records import COMMITTED, PLAN, Plan, Result, Setup, Writes, result_name
 from icechunk_coop._setup import stores_of
 from icechunk_coop._targets import Stores
 
@@ -50,6 +51,7 @@ __all__ = [
 log = logging.getLogger("icechunk_coop.cooperative")
 
 Finalize = Callable[[Stores, list[Any]], None]
+_NOTHING = Writes()
 #: A commit message, or what makes one once the setup is known (the job's start, say).
 Message = str | Callable[[], str]
 
@@ -107,6 +109,32 @@ def _check_result(ctx: JobContext, setup: Setup, index: int, result: Result) -> 
         )
 
 
+def overlap_check(ctx: JobContext) -> Callable[[Result], None]:
+    """What refuses a result that wrote what an earlier one did (see ``_overlap``).
+
+    Called on every result before it is merged, so a job whose workers share
+    a chunk stops before any target moves, with the temporary branches
+    discarded by the caller.
+    """
+    check = OverlapCheck(
+        job=ctx.job_id,
+        plain=frozenset(d.name for d in ctx.drivers if not d.needs_fork),
+    )
+
+    def add(result: Result) -> None:
+        for driver in ctx.drivers:
+            writes = result.writes.get(driver.name, _NOTHING)
+            changed = driver.changes(result.forks.get(driver.name), writes)
+            check.add(result.index, driver.name, changed)
+
+    return add
+
+
+def _fold(merges: Mapping[str, Merge], result: Result) -> None:
+    for target, m in merges.items():
+        m.add([result.forks.get(target)], [result.writes.get(target, _NOTHING)])
+
+
 def _discard(merged: Merged | None) -> None:
     if merged is not None:
         each(lambda m: m.discard(), list(merged.merges.values()))
@@ -133,10 +161,12 @@ def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merg
     opened = each(lambda d: d.merge(setup.targets[d.name], []), list(ctx.drivers))
     merges = {d.name: m for d, m in zip(ctx.drivers, opened, strict=True)}
 
+    refuse_overlap = overlap_check(ctx)
+
     def arrived(name: str, result: Result) -> None:
         _check_result(ctx, setup, index_of[name], result)
-        for target, m in merges.items():
-            m.add([result.forks.get(target)])
+        refuse_overlap(result)
+        _fold(merges, result)
 
     try:
         found = ctx.meeting.wait_for_all(names, Result, on_arrival=arrived)
@@ -214,10 +244,14 @@ def pin_and_merge(
 
 def merge(ctx: JobContext, setup: Setup, plan: Sequence[Result]) -> Merged:
     """Merge every fork into a writable session based on the forks' own base."""
+    refuse_overlap = overlap_check(ctx)
+    for result in plan:
+        refuse_overlap(result)
     merges: dict[str, Merge] = {}
     for driver in ctx.drivers:
         forks = [r.forks.get(driver.name) for r in plan]
-        merges[driver.name] = driver.merge(setup.targets[driver.name], forks)
+        merges[driver.name] = m = driver.merge(setup.targets[driver.name], forks)
+        m.add([], [r.writes.get(driver.name, _NOTHING) for r in plan])
         _crash.reach("mid-merge")
     stores = stores_of(ctx, {name: m.store for name, m in merges.items()})
     return Merged(setup=setup, plan=tuple(plan), merges=merges, stores=stores)

@@ -34,7 +34,8 @@ from icechunk_coop._ledger import (
     find_job_snapshot,
     job_branch_prefix,
 )
-from icechunk_coop._records import IcechunkSetup, TargetSetup
+from icechunk_coop._overlap import RecordingStore, fork_changes
+from icechunk_coop._records import IcechunkSetup, TargetSetup, Writes
 from icechunk_coop._targets import IcechunkTarget
 
 __all__ = ["IcechunkDriver"]
@@ -85,10 +86,10 @@ class _Staging:
 @attrs.frozen(kw_only=True)
 class _Fork:
     session: icechunk.ForkSession = attrs.field(repr=False)
+    store: RecordingStore = attrs.field(repr=False)
 
-    @property
-    def store(self) -> Store:
-        return self.session.store
+    def writes(self) -> Writes:
+        return Writes(keys=dict(self.store.written))
 
 
 @attrs.define(kw_only=True)
@@ -105,7 +106,9 @@ class _Merge:
     def store(self) -> Store:
         return self.session.store
 
-    def add(self, forks: Sequence[icechunk.ForkSession | None]) -> None:
+    def add(
+        self, forks: Sequence[icechunk.ForkSession | None], writes: Sequence[Writes] = ()
+    ) -> None:
         present = [f for f in forks if f is not None]
         if present:
             self.session.merge(*present)
@@ -285,7 +288,11 @@ class IcechunkDriver:
 
     def fork(self, state: TargetSetup) -> _Fork:
         # A private copy: the setup record may be shared within a process.
-        return _Fork(session=self._own(state).fork.fork())
+        session = self._own(state).fork.fork()
+        return _Fork(session=session, store=RecordingStore(session.store))
+
+    def changes(self, fork: icechunk.ForkSession | None, writes: Writes) -> dict[str, str | None]:
+        return {} if fork is None else fork_changes(fork, writes)
 
     def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
         own = self._own(state)

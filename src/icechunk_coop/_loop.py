@@ -7,6 +7,9 @@ job list (the same on every worker), how to share it out, and hooks:
 - ``context(job, jobs)``: anything a hook needs (the template, say), computed
   once per worker, lazily, after the job's start is pinned;
 - ``prepare(stores, loop)``: worker 0, structural changes into the forks;
+  then, where the region jobs say where they write (``region``,
+  ``append_dim``, ``data_vars``), jobs of two workers sharing a chunk or
+  shard are refused before anyone starts (``_regions``);
 - ``process(region_job, stores, loop)``: every worker, once per job of its
   share (default: ``region_job.process(stores.primary, stores.replicas)``);
 - ``finalize(stores, loop, results)``: the last worker, every job's result
@@ -29,6 +32,7 @@ import zarr.abc.store
 
 from icechunk_coop._errors import ConfigurationError
 from icechunk_coop._finalize import Message
+from icechunk_coop._regions import refuse_shared_blocks
 from icechunk_coop._targets import Stores
 from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
 
@@ -144,6 +148,14 @@ def run_region_jobs(
         state = loop(tuple(jobs(job)) if callable(jobs) else None)
         if prepare is not None:
             prepare(stores, state)
+        n, total = len(state.jobs), me.workers_total
+        owner = {p: w for w in range(total) for p in assign_jobs(n, w, total, assign)}
+        refuse_shared_blocks(
+            job_id=job.job_id,
+            jobs=state.jobs,
+            worker_of=lambda p: owner.get(p, -1 - p),
+            store=stores.primary,
+        )
         return state.jobs if callable(jobs) else None
 
     def work(stores: Stores) -> list[Any]:
@@ -169,6 +181,6 @@ def run_region_jobs(
     return job.run(
         work=work,
         message=message,
-        prepare=prepare_all if prepare is not None or callable(jobs) else None,
+        prepare=prepare_all,
         finalize=finalize_all,
     )

@@ -44,6 +44,7 @@ __all__ = [
     "Result",
     "Setup",
     "TargetSetup",
+    "Writes",
     "ZarrSetup",
     "check_format",
     "committed_name",
@@ -239,6 +240,37 @@ class Setup(Record):
 
 
 @attrs.frozen(kw_only=True)
+class Writes:
+    """What one worker wrote to one target, as its result carries it.
+
+    ``keys``: every store key it set or deleted, with a digest of the bytes
+    (chunks and ``zarr.json`` alike). ``metadata``: for a plain zarr target,
+    the ``zarr.json`` documents it changed (they live in the worker's staging
+    store until the last worker publishes them, so they travel whole).
+    """
+
+    keys: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, bytes] = attrs.field(factory=dict, repr=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"keys": dict(self.keys), "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_wire(cls, wire: object) -> Writes | None:
+        """The record, or None if ``wire`` is not one (the caller names the blob)."""
+        if not isinstance(wire, Mapping):
+            return None
+        keys, metadata = wire.get("keys", {}), wire.get("metadata", {})
+        if not (isinstance(keys, Mapping) and isinstance(metadata, Mapping)):
+            return None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+            return None
+        if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in metadata.items()):
+            return None
+        return cls(keys=dict(keys), metadata=dict(metadata))
+
+
+@attrs.frozen(kw_only=True)
 class Result(Record):
     """One worker's output: a fork per Icechunk target and the value ``work`` returned."""
 
@@ -251,6 +283,9 @@ class Result(Record):
     forks: Mapping[str, icechunk.ForkSession] = attrs.field(repr=False)
     value: Any = None
     timeline: Mapping[str, tuple[float, float]] = attrs.field(factory=dict)
+    #: What the worker wrote to each target (for the overlap check); absent in
+    #: results of releases before it, which then never count as "the same bytes".
+    writes: Mapping[str, Writes] = attrs.field(factory=dict, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -261,6 +296,7 @@ class Result(Record):
             "forks": dict(self.forks),
             "value": self.value,
             "timeline": {k: list(v) for k, v in self.timeline.items()},
+            "writes": {name: w.to_wire() for name, w in self.writes.items()},
         }
 
     @classmethod
@@ -271,6 +307,10 @@ class Result(Record):
         forks = field(w, "forks", dict, location)
         if not all(isinstance(f, icechunk.ForkSession) for f in forks.values()):
             raise _refuse(location, "a result's forks must be Icechunk fork sessions")
+        writes = field(w, "writes", dict, location) if "writes" in w else {}
+        decoded = {name: Writes.from_wire(wire) for name, wire in writes.items()}
+        if not all(isinstance(name, str) and d is not None for name, d in decoded.items()):
+            raise _refuse(location, "a result's writes must map targets to keys and digests")
         return cls(
             token=field(w, "token", str, location),
             index=field(w, "index", int, location),
@@ -278,6 +318,7 @@ class Result(Record):
             forks=forks,
             value=w.get("value"),
             timeline=timeline_from_wire(w.get("timeline", {}), location),
+            writes={name: d for name, d in decoded.items() if d is not None},
         )
 
 

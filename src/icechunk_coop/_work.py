@@ -57,6 +57,7 @@ def result_of(
         forks=sessions,
         value=value,
         timeline=dict(timeline or {}),
+        writes={name: f.writes() for name, f in forks.forks.items()},
     )
 
 

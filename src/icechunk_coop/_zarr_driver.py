@@ -8,7 +8,7 @@ finalizer that finds the marker leaves the store alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -16,7 +16,8 @@ import attrs
 from icechunk_coop._errors import AlreadyCommittedError, ForeignPayloadError
 from icechunk_coop._ledger import Provenance
 from icechunk_coop._markers import ZarrCommitted
-from icechunk_coop._records import TargetSetup, ZarrSetup, committed_name
+from icechunk_coop._overlap import RecordingStore, zarr_changes
+from icechunk_coop._records import TargetSetup, Writes, ZarrSetup, committed_name
 from icechunk_coop._targets import ZarrTarget
 from icechunk_coop._zarr_staging import StagedMetadataStore, open_zarr_store, publish_staged
 
@@ -32,16 +33,29 @@ ZARR_COMMIT = "zarr"  # what stands for a snapshot id where there are no snapsho
 
 @attrs.frozen(kw_only=True)
 class _Staged:
-    """Staging, fork and merge of a zarr target are all one staging store."""
+    """Worker 0's staging store: the metadata it writes becomes the setup's."""
 
     store: StagedMetadataStore
 
     def seal(self) -> TargetSetup:
         return ZarrSetup(metadata=dict(self.store.staged))
 
+
+@attrs.frozen(kw_only=True)
+class _Fork:
+    """A worker's view: chunks straight to the store, metadata staged, every write noted."""
+
+    staged: StagedMetadataStore
+    base: Mapping[str, bytes] = attrs.field(repr=False)
+    store: RecordingStore = attrs.field(repr=False)
+
     @property
     def session(self) -> icechunk.ForkSession | None:
         return None
+
+    def writes(self) -> Writes:
+        changed = {k: v for k, v in self.staged.staged.items() if self.base.get(k) != v}
+        return Writes(keys=dict(self.store.written), metadata=changed)
 
 
 @attrs.frozen(kw_only=True)
@@ -49,8 +63,14 @@ class _Merge:
     driver: ZarrDriver
     store: StagedMetadataStore
 
-    def add(self, forks: Sequence[icechunk.ForkSession | None]) -> None:
-        return None  # the workers wrote their chunks into the store itself
+    def add(
+        self, forks: Sequence[icechunk.ForkSession | None], writes: Sequence[Writes] = ()
+    ) -> None:
+        # The workers wrote their chunks into the store itself; what they changed
+        # of the metadata is staged here (the overlap check has made sure no two
+        # of them changed one document differently).
+        for w in writes:
+            self.store.staged.update(w.metadata)
 
     def landed(self) -> str | None:
         return self.driver.find_commit(None)
@@ -104,8 +124,12 @@ class ZarrDriver:
             raise AlreadyCommittedError(job=self.job_id, snapshot=None)
         return _Staged(store=StagedMetadataStore(open_zarr_store(self.target)))
 
-    def fork(self, state: TargetSetup) -> _Staged:
-        return _Staged(store=self._staged(state))
+    def fork(self, state: TargetSetup) -> _Fork:
+        staged = self._staged(state)
+        return _Fork(staged=staged, base=dict(staged.staged), store=RecordingStore(staged))
+
+    def changes(self, fork: icechunk.ForkSession | None, writes: Writes) -> dict[str, str | None]:
+        return zarr_changes(writes)
 
     def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
         return _Merge(driver=self, store=self._staged(state))
