@@ -534,6 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             metavar="SECONDS",
             help="longest pause between two looks at the rendezvous (default 10)",
         )
+        p.add_argument(
+            "--deadline",
+            type=int,
+            metavar="SECONDS",
+            help="the job's deadline (a Kubernetes Job's activeDeadlineSeconds): every wait "
+            "ends a little before it; default: $ICECHUNK_COOP_DEADLINE_SECONDS, else each "
+            "wait ends after 1 h",
+        )
         if mode == "backfill":
             p.add_argument("--end", required=True, type=_parse_time, help="exclusive end")
         else:
@@ -547,6 +555,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "backfill" and args.end <= DATASET_START:
         parser.error(f"--end must be after the dataset's start, {DATASET_START.isoformat()}")
+    try:
+        # With --deadline the policy has its own deadline, which wins over the environment's;
+        # without it, $ICECHUNK_COOP_DEADLINE_SECONDS (when set) decides how long waits last.
+        policy = (
+            WaitPolicy(max_interval=args.max_poll)
+            if args.deadline is None
+            else WaitPolicy.for_deadline(args.deadline, max_interval=args.max_poll)
+        )
+    except ConfigurationError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     level = os.environ.get("ICECHUNK_COOP_LOG_LEVEL", "INFO").upper()  # from run-local -v/-q
     for name in ("icechunk_coop", "pipeline_forecast"):
@@ -555,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo_url=args.repo,
         replica_urls=args.replica,
         zarr_primary=args.zarr_primary,
-        policy=WaitPolicy(max_interval=args.max_poll),
+        policy=policy,
     )
     try:
         if args.mode == "backfill":

@@ -37,9 +37,11 @@ import numpy as np
 import zarr
 
 from icechunk_coop import (
+    ConfigurationError,
     CoopError,
     IcechunkTarget,
     Stores,
+    WaitPolicy,
     WorkerIdentity,
     ZarrTarget,
     icechunk_storage,
@@ -290,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--replica", action="append", default=[], help="Icechunk replica URL")
         p.add_argument("--zarr-replica", action="append", default=[], help="zarr v3 store URL")
         p.add_argument("--source-latency", type=float, default=0.0, metavar="SECONDS")
+        p.add_argument(
+            "--deadline",
+            type=int,
+            metavar="SECONDS",
+            help="the job's deadline (a Kubernetes Job's activeDeadlineSeconds): every wait "
+            "ends a little before it; default: $ICECHUNK_COOP_DEADLINE_SECONDS, else each "
+            "wait ends after 1 h",
+        )
         if mode == "backfill":
             p.add_argument("--end", required=True, type=_parse_time, help="exclusive end")
         else:
@@ -301,6 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "(no JOB_START, not from a CronJob); default: its clock",
             )
     args = parser.parse_args(argv)
+    # The option wins over the environment: a policy with its own deadline is used as is.
+    options: dict[str, Any] = {}
+    if args.deadline is not None:
+        try:
+            options["policy"] = WaitPolicy.for_deadline(args.deadline)
+        except ConfigurationError as exc:
+            parser.error(f"--deadline: {exc}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # run-local passes its -v / -q on as ICECHUNK_COOP_LOG_LEVEL (DEBUG, INFO, WARNING).
     level = os.environ.get("ICECHUNK_COOP_LOG_LEVEL", "INFO").upper()
@@ -316,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         identity = WorkerIdentity.from_env()
         if args.mode == "backfill":
             outcome = dataset.backfill(
-                end=args.end, rendezvous_url=args.rendezvous, identity=identity
+                end=args.end, rendezvous_url=args.rendezvous, identity=identity, **options
             )
         else:
             clock = args.clock
@@ -324,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rendezvous_url=args.rendezvous,
                 identity=identity,
                 job_start=(lambda: clock) if clock else None,
+                **options,
             )
     except CoopError as exc:
         log.error("%s: %s", type(exc).__name__, exc)

@@ -166,7 +166,8 @@ def test_acceptance_cronjob_indexed_job() -> None:
 )
 def test_orchestrators(env: dict[str, str], expected: dict[str, object]) -> None:
     ident = WorkerIdentity.from_env(env)
-    expected = {"job_uid": None, "job_start": None, **expected}
+    quiet = {"attempt": None, "restart": None, "pod": None}  # not in these environments
+    expected = {"job_uid": None, "job_start": None, **quiet, **expected}
     assert attrs.asdict(ident) == expected
 
 
@@ -936,3 +937,282 @@ def test_identity_error_is_value_error_and_pickles() -> None:
     assert type(back) is IdentityError
     assert str(back) == str(err)
     assert back.args == err.args
+
+
+# ---- JobSet, Volcano, Argo ------------------------------------------------------
+
+#: A JobSet of 3 child Jobs of 4 completions each: what its pods' downward API gives.
+JOBSET = {
+    "JOB_COMPLETION_INDEX": "2",
+    "JOBSET_JOB_INDEX": "1",  # jobset.sigs.k8s.io/job-global-index
+    "JOBSET_JOBS": "3",  # jobset.sigs.k8s.io/global-replicas
+    "WORKERS_TOTAL": "12",
+    "JOBSET_NAME": "regrid",  # jobset.sigs.k8s.io/jobset-name
+    "JOBSET_UID": "7c1e-90aa",  # jobset.sigs.k8s.io/jobset-uid
+    "JOBSET_RESTART_ATTEMPT": "1",  # jobset.sigs.k8s.io/restart-attempt
+    "JOB_INDEX_FAILURE_COUNT": "0",
+    "POD_NAME": "regrid-workers-1-2-x7k2p",
+}
+
+
+def test_a_jobset_pod_is_numbered_across_its_child_jobs() -> None:
+    ident = WorkerIdentity.from_env(JOBSET)
+    assert ident.orchestrator == "jobset"
+    assert (ident.worker_index, ident.workers_total) == (1 * 4 + 2, 12)
+    # The JobSet is the job: every child Job meets under the JobSet's name and uid.
+    assert ident.job_id == "regrid-7c1e-90aa"
+    assert (ident.restart, ident.attempt, ident.pod) == (1, 0, "regrid-workers-1-2-x7k2p")
+
+
+def test_every_worker_of_a_jobset_has_its_own_index() -> None:
+    seen = set()
+    for job in range(3):
+        for completion in range(4):
+            env = {**JOBSET, "JOBSET_JOB_INDEX": str(job), "JOB_COMPLETION_INDEX": str(completion)}
+            seen.add(WorkerIdentity.from_env(env).worker_index)
+    assert seen == set(range(12))
+
+
+def test_an_explicit_job_name_wins_over_the_jobsets() -> None:
+    ident = WorkerIdentity.from_env({**JOBSET, "JOB_NAME": "mine", "JOB_UID": "u1"})
+    assert ident.job_id == "mine-u1"
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        pytest.param(
+            {"JOBSET_JOB_INDEX": ""},
+            ("JOBSET_JOB_INDEX is not set", "job-global-index"),
+            id="no-job-index",
+        ),
+        pytest.param(
+            {"JOBSET_JOBS": ""}, ("JOBSET_JOBS is not set", "global-replicas"), id="no-job-count"
+        ),
+        pytest.param(
+            {"JOBSET_JOB_INDEX": "3"},
+            ("JOBSET_JOB_INDEX='3' is out of range for JOBSET_JOBS='3'", "0..2"),
+            id="job-index-out-of-range",
+        ),
+        pytest.param(
+            {"WORKERS_TOTAL": "10"},
+            ("WORKERS_TOTAL='10' is not a multiple of JOBSET_JOBS='3'", "same completions"),
+            id="uneven-child-jobs",
+        ),
+        pytest.param(
+            {"JOB_COMPLETION_INDEX": "4"},
+            ("JOB_COMPLETION_INDEX='4' is out of range for child Jobs of 4 completions", "0..3"),
+            id="completion-out-of-range",
+        ),
+        pytest.param(
+            {"WORKERS_TOTAL": ""}, ("WORKERS_TOTAL", "completions times JOBSET_JOBS"), id="no-total"
+        ),
+        pytest.param(
+            {"JOBSET_NAME": ""},
+            ("JOB_NAME is not set (nor JOBSET_NAME)", "jobset.sigs.k8s.io/jobset-name"),
+            id="no-name",
+        ),
+        pytest.param(
+            {"JOBSET_RESTART_ATTEMPT": "-1"},
+            ("JOBSET_RESTART_ATTEMPT='-1' is not a valid number",),
+            id="bad-restart",
+        ),
+    ],
+)
+def test_jobset_refusals(change: dict[str, str], needles: tuple[str, ...]) -> None:
+    with pytest.raises(IdentityError, match=m(*needles)):
+        WorkerIdentity.from_env({**JOBSET, **change})
+
+
+def test_a_jobset_variable_alone_still_makes_a_pod_a_jobsets() -> None:
+    """A JobSet pod missing its child Job's index would take itself for child Job 0: refused."""
+    env = {"JOB_COMPLETION_INDEX": "0", "WORKERS_TOTAL": "4", "JOBSET_NAME": "js"}
+    with pytest.raises(IdentityError, match="JOBSET_JOB_INDEX is not set"):
+        WorkerIdentity.from_env(env)
+
+
+#: A Volcano job of one task ("worker", 4 replicas) with the env and svc plugins.
+VOLCANO = {
+    "VC_TASK_INDEX": "3",
+    "VK_TASK_INDEX": "3",
+    "VC_WORKER_NUM": "4",
+    "VC_WORKER_HOSTS": "w-0.vj,w-1.vj,w-2.vj,w-3.vj",
+    "JOB_NAME": "vj",  # metadata.annotations['volcano.sh/job-name']
+    "HOSTNAME": "vj-worker-3",
+}
+
+
+def test_a_volcano_task_reads_its_index_and_count() -> None:
+    ident = WorkerIdentity.from_env(VOLCANO)
+    assert ident.orchestrator == "volcano"
+    assert (ident.worker_index, ident.workers_total, ident.is_last) == (3, 4, True)
+    assert ident.pod == "vj-worker-3"  # a Kubernetes pod: HOSTNAME is its name
+    assert ident.attempt is None  # Volcano has no per-task count; WORKER_ATTEMPT can say
+
+
+def test_volcano_without_the_svc_plugin_needs_workers_total() -> None:
+    env = {"VC_TASK_INDEX": "1", "JOB_NAME": "vj"}
+    with pytest.raises(IdentityError, match=m("VC_TASK_INDEX='1'", "set WORKERS_TOTAL")):
+        WorkerIdentity.from_env(env)
+    ident = WorkerIdentity.from_env({**env, "WORKERS_TOTAL": "2"})
+    assert (ident.worker_index, ident.workers_total) == (1, 2)
+
+
+def test_a_volcano_job_of_several_tasks_needs_workers_total() -> None:
+    env = {**VOLCANO, "VC_PS_NUM": "1"}
+    with pytest.raises(IdentityError, match=m("several tasks: VC_PS_NUM, VC_WORKER_NUM")):
+        WorkerIdentity.from_env(env)
+    assert WorkerIdentity.from_env({**env, "WORKERS_TOTAL": "4"}).workers_total == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        ({"VK_TASK_INDEX": "2"}, ("VK_TASK_INDEX='2' contradicts VC_TASK_INDEX='3'",)),
+        ({"VC_WORKER_NUM": "3"}, ("VC_TASK_INDEX='3' is out of range for VC_WORKER_NUM='3'",)),
+        ({"WORKERS_TOTAL": "8"}, ("WORKERS_TOTAL='8' contradicts VC_WORKER_NUM='4'",)),
+        ({"JOB_NAME": ""}, ("JOB_NAME is not set", "volcano.sh/job-name")),
+    ],
+)
+def test_volcano_refusals(change: dict[str, str], needles: tuple[str, ...]) -> None:
+    with pytest.raises(IdentityError, match=m(*needles)):
+        WorkerIdentity.from_env({**VOLCANO, **change})
+
+
+def test_vk_task_index_alone_is_read_too() -> None:
+    env = {k: v for k, v in VOLCANO.items() if k != "VC_TASK_INDEX"}
+    assert WorkerIdentity.from_env(env).worker_index == 3
+
+
+#: What an Argo Workflows step passes (no index variable of its own): a
+#: ``withSequence: {count: "4"}`` loop over one template with a retryStrategy,
+#: its env set from ``{{item}}``, ``{{workflow.name}}``, ``{{workflow.uid}}``,
+#: ``{{retries}}`` and ``{{pod.name}}``, as Argo substitutes them.
+ARGO_STEP = {
+    "WORKER_INDEX": "2",  # "{{item}}"
+    "WORKERS_TOTAL": "4",  # the sequence's count
+    "JOB_NAME": "forecast-update-x7k2p",  # "{{workflow.name}}"
+    "JOB_UID": "3f6c1a2e-5b7d-4c9e-8a1f-2d4b6c8e0a13",  # "{{workflow.uid}}"
+    "WORKER_ATTEMPT": "1",  # "{{retries}}"
+    "POD_NAME": "forecast-update-x7k2p-worker-1234567890",  # "{{pod.name}}"
+    "HOSTNAME": "forecast-update-x7k2p-worker-1234567890",
+}
+
+
+def test_an_argo_step_passes_the_explicit_variables() -> None:
+    ident = WorkerIdentity.from_env(ARGO_STEP)
+    assert ident.orchestrator == "explicit"
+    assert (ident.worker_index, ident.workers_total) == (2, 4)
+    assert ident.job_id == "forecast-update-x7k2p-3f6c1a2e-5b7d-4c9e-8a1f-2d4b6c8e0a13"
+    assert (ident.attempt, ident.pod) == (1, "forecast-update-x7k2p-worker-1234567890")
+
+
+def test_an_argo_step_with_an_unsubstituted_variable_is_refused() -> None:
+    """A typo in a template tag reaches the pod as the tag itself: refused by name."""
+    with pytest.raises(IdentityError, match=re.escape("WORKER_INDEX='{{item}}'")):
+        WorkerIdentity.from_env({**ARGO_STEP, "WORKER_INDEX": "{{item}}"})
+    with pytest.raises(IdentityError, match=re.escape("WORKER_ATTEMPT='{{retries}}'")):
+        WorkerIdentity.from_env({**ARGO_STEP, "WORKER_ATTEMPT": "{{retries}}"})
+
+
+# ---- the try and the pod ------------------------------------------------------------
+
+K8S = {"JOB_COMPLETION_INDEX": "1", "WORKERS_TOTAL": "2", "JOB_NAME": "k"}
+
+
+@pytest.mark.parametrize(
+    ("env", "attempt"),
+    [
+        pytest.param({**K8S, "JOB_INDEX_FAILURE_COUNT": "2"}, 2, id="kubernetes"),
+        pytest.param(
+            {"CLOUD_RUN_TASK_INDEX": "0", "CLOUD_RUN_TASK_COUNT": "1", "CLOUD_RUN_JOB": "c"}
+            | {"CLOUD_RUN_TASK_ATTEMPT": "3"},
+            3,
+            id="cloud-run",
+        ),
+        pytest.param(
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "AWS_BATCH_JOB_ARRAY_SIZE": "1", "JOB_NAME": "a"}
+            | {"AWS_BATCH_JOB_ATTEMPT": "1"},
+            0,  # AWS Batch counts from 1
+            id="aws-batch",
+        ),
+        pytest.param(
+            {"BATCH_TASK_INDEX": "0", "BATCH_TASK_COUNT": "1", "BATCH_JOB_ID": "g"}
+            | {"BATCH_TASK_RETRY_ATTEMPT": "2"},
+            2,
+            id="google-batch",
+        ),
+        pytest.param(
+            {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "0"}
+            | {"SLURM_ARRAY_JOB_ID": "9", "SLURM_RESTART_COUNT": "1"},
+            1,
+            id="slurm",
+        ),
+        pytest.param({**K8S, "JOB_INDEX_FAILURE_COUNT": "2", "WORKER_ATTEMPT": "5"}, 5, id="wins"),
+        pytest.param(K8S, None, id="unknown"),
+        pytest.param({**K8S, "JOB_INDEX_FAILURE_COUNT": ""}, None, id="no-annotation"),
+    ],
+)
+def test_attempt_from_each_orchestrator(env: dict[str, str], attempt: int | None) -> None:
+    assert WorkerIdentity.from_env(env).attempt == attempt
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({**K8S, "JOB_INDEX_FAILURE_COUNT": "x"}, "JOB_INDEX_FAILURE_COUNT='x'"),
+        ({**K8S, "WORKER_ATTEMPT": "-1"}, "WORKER_ATTEMPT='-1'"),
+        (
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "AWS_BATCH_JOB_ARRAY_SIZE": "1", "JOB_NAME": "a"}
+            | {"AWS_BATCH_JOB_ATTEMPT": "0"},
+            "AWS_BATCH_JOB_ATTEMPT='0' is too small",
+        ),
+        ({**K8S, "POD_NAME": "two words"}, "POD_NAME='two words' is not a pod name"),
+        ({**K8S, "POD_NAME": "x" * 254}, "is not a pod name"),
+    ],
+)
+def test_bad_attempts_and_pod_names_are_refused_by_name(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(IdentityError, match=re.escape(needle)):
+        WorkerIdentity.from_env(env)
+
+
+def test_hostname_names_the_pod_only_in_a_kubernetes_pod() -> None:
+    assert WorkerIdentity.from_env({**K8S, "HOSTNAME": "k-1-abcde"}).pod == "k-1-abcde"
+    assert WorkerIdentity.from_env({**K8S, "HOSTNAME": "k-1", "POD_NAME": "p"}).pod == "p"
+    # On Slurm or a laptop HOSTNAME is a machine, not a pod.
+    explicit = {"WORKER_INDEX": "0", "WORKERS_TOTAL": "1", "JOB_NAME": "j", "HOSTNAME": "node7"}
+    assert WorkerIdentity.from_env(explicit).pod is None
+    # A hostname that is no pod name (spec.hostname set oddly) is left out, not refused.
+    assert WorkerIdentity.from_env({**K8S, "HOSTNAME": "bad host"}).pod is None
+
+
+def test_the_run_label_names_what_is_known() -> None:
+    ident = WorkerIdentity(worker_index=0, workers_total=1, job_name="j")
+    assert ident.run_label == ""
+    ident = attrs.evolve(ident, attempt=1, pod="j-0-abcde")
+    assert ident.run_label == "attempt 1, pod j-0-abcde"
+    assert attrs.evolve(ident, restart=2).run_label == "restart 2, attempt 1, pod j-0-abcde"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"attempt": -1}, "attempt=-1"),
+        ({"attempt": True}, "attempt=True"),
+        ({"restart": 1.5}, "restart=1.5"),
+        ({"pod": ""}, "pod=''"),
+        ({"pod": "a b"}, "pod='a b'"),
+    ],
+)
+def test_attempt_restart_and_pod_are_checked_as_values(
+    kwargs: dict[str, object], needle: str
+) -> None:
+    with pytest.raises(IdentityError, match=re.escape(needle)):
+        WorkerIdentity(worker_index=0, workers_total=1, job_name="j", **kwargs)  # type: ignore[arg-type]
+
+
+def test_to_env_carries_the_try_and_the_pod() -> None:
+    ident = WorkerIdentity(
+        worker_index=1, workers_total=2, job_name="j", attempt=2, restart=1, pod="j-1-x"
+    )
+    assert WorkerIdentity.from_env(ident.to_env()) == ident

@@ -39,9 +39,11 @@ from icechunk_coop import (
     IdentityError,
     MissingSecretError,
     Sealer,
+    WaitPolicy,
     WorkerIdentity,
     WorkerOutcome,
 )
+from icechunk_coop._waiting import DEADLINE_ENV, deadline_margin, policy_for_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "examples" / "k8s"
@@ -52,6 +54,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 JOB_NAME_PATH = f"metadata.labels['{JOB_NAME_LABEL}']"
 JOB_UID_PATH = f"metadata.labels['{JOB_UID_LABEL}']"
+FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
 UID = "5e1c0d2a-7f3b-4c8e-9a61-0b2d4e6f8a1c"
 SCHEDULED_MINUTES = 29000000  # what a CronJob puts after its name
 SCHEDULED = datetime(2025, 2, 19, 21, 20, tzinfo=UTC)  # 29000000 minutes after 1970
@@ -281,6 +284,14 @@ def test_the_example_exits_2_when_no_retry_can_help(
     assert example.main(argv) == 2
 
 
+@pytest.mark.parametrize("value", ["60", "2h"])
+def test_the_example_exits_2_on_a_bad_deadline(example: ModuleType, value: str) -> None:
+    argv = ["backfill", "--end", "2025-01-03T00:00Z", "--repo", "r", "--rendezvous", "z"]
+    with pytest.raises(SystemExit) as exc:
+        example.main([*argv, "--deadline", value])
+    assert exc.value.code == 2
+
+
 def test_python_exits_2_when_the_script_is_not_there(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "examples/synthetic_forecast.py"],
@@ -299,6 +310,81 @@ def test_completions_parallelism_and_workers_total_agree(which: str) -> None:
     spec = job_specs()[which]
     total = int(env_entries(spec)["WORKERS_TOTAL"]["value"])
     assert spec["completions"] == spec["parallelism"] == total
+
+
+def success_policy_refusals(spec: Mapping[str, Any]) -> list[str]:
+    """What the API server says of a Job's successPolicy (batch/v1 validation), if anything.
+
+    Only the rules the manifests depend on: Indexed mode, and every index of
+    ``succeededIndexes`` (a list of ``N`` or ``N-M``) below ``completions``.
+    """
+    policy = spec.get("successPolicy")
+    if policy is None:
+        return []
+    out = []
+    if spec.get("completionMode") != "Indexed":
+        out.append("successPolicy requires completionMode Indexed")
+    completions = spec["completions"]
+    for rule in policy["rules"]:
+        for part in str(rule.get("succeededIndexes", "")).split(","):
+            bounds = [int(b) for b in part.split("-")]
+            if max(bounds) >= completions:
+                out.append(f"succeededIndexes {part!r} must be less than completions {completions}")
+        if rule.get("succeededCount", 0) > completions:
+            out.append(f"succeededCount must not exceed completions {completions}")
+    return out
+
+
+@pytest.mark.parametrize("which", ["backfill", "update"])
+def test_the_job_succeeds_exactly_when_the_committing_index_succeeds(which: str) -> None:
+    spec = job_specs()[which]
+    total = int(env_entries(spec)["WORKERS_TOTAL"]["value"])
+    # One rule, naming the last index alone: the only worker that exits 0 after a commit.
+    assert spec["successPolicy"] == {"rules": [{"succeededIndexes": str(total - 1)}]}
+    assert spec["completions"] == total
+    assert success_policy_refusals(spec) == []
+
+
+@pytest.mark.parametrize("which", ["backfill", "update"])
+def test_fewer_completions_than_workers_are_refused_not_completed(which: str) -> None:
+    """A Job edited in one place, or scaled down (elastic Indexed Job), is refused loudly.
+
+    Without a successPolicy, indexes 0..3 of ``WORKERS_TOTAL=8`` would all exit
+    0 and the Job would end Complete with nothing committed.
+    """
+    spec = copy.deepcopy(job_specs()[which])
+    total = spec["completions"]
+    spec["completions"] = spec["parallelism"] = total // 2
+    refusals = success_policy_refusals(spec)
+    assert refusals == [
+        f"succeededIndexes {str(total - 1)!r} must be less than completions {total // 2}"
+    ]
+
+
+@pytest.mark.parametrize("which", ["backfill", "update"])
+def test_workers_wait_until_just_before_the_jobs_deadline(which: str) -> None:
+    spec = job_specs()[which]
+    deadline = spec["activeDeadlineSeconds"]
+    env = pod_env(spec, job_name="j", index=0)
+    assert env[DEADLINE_ENV] == str(deadline)
+    policy = policy_for_environment(None, env, since=1_000_000.0)
+    assert policy is not None and policy.ends_at is not None
+    ends_after = policy.ends_at - 1_000_000.0
+    # A few minutes before Kubernetes stops the pods: long enough to report, no longer.
+    assert ends_after == deadline - deadline_margin(deadline)
+    assert 60 <= deadline - ends_after <= 600
+    assert policy.timeout == ends_after  # no wait stops at the old 1 h default
+
+
+@pytest.mark.parametrize("which", ["backfill", "update"])
+def test_markers_can_name_the_try_and_the_pod(which: str) -> None:
+    spec = job_specs()[which]
+    env = pod_env(spec, job_name="j", index=1, failures=2)
+    ident = WorkerIdentity.from_env(env)
+    assert (ident.attempt, ident.pod) == (2, "j-1-x7k2p")
+    # An older controller without the annotation: the try is unknown, not 0.
+    ident = WorkerIdentity.from_env(pod_env(spec, job_name="j", index=1, failures=None))
+    assert (ident.attempt, ident.pod) == (None, "j-1-x7k2p")
 
 
 @pytest.mark.parametrize("which", ["backfill", "update"])
@@ -404,12 +490,15 @@ def pod_env(
     index: int,
     legacy_labels_only: bool = False,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
+    failures: int | None = 0,
 ) -> dict[str, str]:
     """What the kubelet would give the worker container of pod ``index``.
 
     The Job controller labels the pod with the Job's name and uid and injects
-    ``JOB_COMPLETION_INDEX``; the downward API turns a missing label into "";
-    a missing Secret key keeps the pod from starting.
+    ``JOB_COMPLETION_INDEX``; with ``backoffLimitPerIndex`` it annotates the
+    pod with its index's failures so far (``failures``; None: no annotation);
+    the downward API turns a missing label into ""; a missing Secret key
+    keeps the pod from starting.
     """
     template = spec["template"]
     labels = dict(template.get("metadata", {}).get("labels", {}))
@@ -423,6 +512,8 @@ def pod_env(
             }
         )
     annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
+    if failures is not None:
+        annotations[FAILURE_COUNT_ANNOTATION] = str(failures)
     meta = {"metadata.name": f"{job_name}-{index}-x7k2p", "metadata.namespace": "default"}
     stored = secrets_data() if secrets is None else secrets
     env = {"JOB_COMPLETION_INDEX": str(index)}
@@ -545,6 +636,7 @@ def _run_main(
     monkeypatch: pytest.MonkeyPatch,
     spec: Mapping[str, Any],
     env: Mapping[str, str],
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``main`` with the container's argv in exactly the pod's environment."""
     calls: dict[str, Any] = {}
@@ -571,7 +663,7 @@ def _run_main(
     container = worker(spec)
     argv = [*container["command"], *container.get("args", [])]
     at = next(i for i, a in enumerate(argv) if a.endswith(SCRIPT))
-    assert example.main(argv[at + 1 :]) == 0
+    assert example.main([*argv[at + 1 :], *extra]) == 0
     return calls
 
 
@@ -610,3 +702,48 @@ def test_update_main_gets_the_scheduled_time(
     assert calls["rendezvous_url"] == _arg(spec, "--rendezvous")
     assert calls["dataset"].repo_url == _arg(spec, "--repo")
     assert "job_start 2025-02-19T21:20:00+00:00" in capsys.readouterr().out
+
+
+def test_the_examples_deadline_option_wins_over_the_environment(
+    example: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = backfill_job()
+    spec = job["spec"]
+    env = pod_env(spec, job_name=job["metadata"]["name"], index=0)
+    assert "policy" not in _run_main(example, monkeypatch, spec, env)  # the environment's, then
+    calls = _run_main(example, monkeypatch, spec, env, ("--deadline", "3600"))
+    policy = calls["policy"]
+    assert isinstance(policy, WaitPolicy)
+    assert policy.timeout == 3600 - deadline_margin(3600)
+    # A policy with its own end is kept as is, whatever the environment says.
+    assert policy_for_environment(policy, env) is policy
+
+
+def readme_job_spec() -> dict[str, Any]:
+    """The Job spec the README's Kubernetes section shows."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Running on Kubernetes") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```\n", 8)]
+    return dict(yaml.safe_load(block)["spec"])
+
+
+def test_the_readme_shows_every_field_the_protocol_depends_on() -> None:
+    """Copied as shown, the README's snippet must not let two pods of an index run at once."""
+    shown = readme_job_spec()
+    full = backfill_job()["spec"]
+    for key in (
+        "completionMode",
+        "completions",
+        "parallelism",
+        "successPolicy",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+        "podReplacementPolicy",
+        "podFailurePolicy",
+        "activeDeadlineSeconds",
+    ):
+        assert shown[key] == full[key], key
+    env = env_entries(shown)
+    assert env[DEADLINE_ENV]["value"] == str(shown["activeDeadlineSeconds"])
+    assert env["WORKERS_TOTAL"]["value"] == str(shown["completions"])
+    assert "secretKeyRef" in env["ICECHUNK_COOP_SECRET"]["valueFrom"]

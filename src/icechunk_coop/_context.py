@@ -80,7 +80,8 @@ class JobContext:
     @property
     def where(self) -> str:
         i = self.identity
-        return f"job {self.job_id!r} worker {i.worker_index}/{i.workers_total}"
+        run = f" ({i.run_label})" if i.run_label else ""  # attempt and pod, where known
+        return f"job {self.job_id!r} worker {i.worker_index}/{i.workers_total}{run}"
 
     def provenance(self, token: str, job_start: str | None) -> Provenance:
         i = self.identity

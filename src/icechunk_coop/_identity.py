@@ -1,8 +1,8 @@
 """Who this worker is: its index, the worker count and the job it belongs to.
 
 Every orchestrator that runs indexed work tells each task its index in its
-own words (Kubernetes Indexed Jobs, AWS Batch array jobs, Cloud Run jobs,
-Google Batch, Slurm job arrays). :meth:`WorkerIdentity.from_env` reads
+own words (Kubernetes Indexed Jobs, JobSets, Volcano jobs, AWS Batch array
+jobs, Cloud Run jobs, Google Batch, Slurm job arrays). :meth:`WorkerIdentity.from_env` reads
 those variables and normalises them to ``0 <= worker_index < workers_total``
 plus a job name that is safe to use as a path segment, because the job's
 rendezvous blobs live under it.
@@ -35,12 +35,15 @@ from icechunk_coop._identity_env import CRONJOB_NAME as CRONJOB_NAME
 from icechunk_coop._identity_env import JOB_NAME as JOB_NAME
 from icechunk_coop._identity_env import JOB_START as JOB_START
 from icechunk_coop._identity_env import JOB_UID as JOB_UID
+from icechunk_coop._identity_env import JOBSET_RESTART_ATTEMPT as JOBSET_RESTART_ATTEMPT
 from icechunk_coop._identity_env import ORCHESTRATORS as ORCHESTRATORS
+from icechunk_coop._identity_env import POD_NAME as POD_NAME
+from icechunk_coop._identity_env import WORKER_ATTEMPT as WORKER_ATTEMPT
 from icechunk_coop._identity_env import WORKER_INDEX as WORKER_INDEX
 from icechunk_coop._identity_env import WORKERS_TOTAL as WORKERS_TOTAL
 from icechunk_coop._identity_segments import MAX_JOB_ID, check_segment
 from icechunk_coop._identity_start import as_utc, is_aware
-from icechunk_coop._orchestrators import read_identity
+from icechunk_coop._orchestrators import POD_PATTERN, read_identity
 
 __all__ = ["ORCHESTRATORS", "WorkerIdentity"]
 
@@ -95,6 +98,25 @@ def _validate_start(
         raise IdentityError(f"{attribute.name}={value!r} is invalid: expected a datetime")
 
 
+def _validate_count(
+    _instance: Any, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
+    if value is not None and (not _is_int(value) or value < 0):
+        raise IdentityError(
+            f"{attribute.name}={value!r} is invalid: expected None or an integer >= 0"
+        )
+
+
+def _validate_pod(
+    _instance: Any, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None and (not isinstance(value, str) or POD_PATTERN.fullmatch(value) is None):
+        raise IdentityError(
+            f"{attribute.name}={value!r} is invalid: expected None or a pod name (at most 253 "
+            "letters, digits, '.', '-' or '_')"
+        )
+
+
 def _validate_orchestrator(_instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in ORCHESTRATORS:
         raise IdentityError(
@@ -117,6 +139,13 @@ class WorkerIdentity:
     every pod of the job derives the same work list from it; it is None when
     the environment does not say. ``orchestrator`` records where the
     identity was read from, for logs and error messages.
+
+    ``attempt`` (earlier tries of this worker, 0 on the first), ``restart``
+    (a JobSet's restarts of the whole set) and ``pod`` (the pod's name) say
+    which run of the worker this is, where the orchestrator tells: they go
+    into failure markers and log lines, so a marker left by an earlier try
+    is told from a current one, and a log line leads to the pod. They take
+    no part in the protocol: two tries of one worker are one worker.
     """
 
     worker_index: int = attrs.field(validator=_validate_index)
@@ -127,6 +156,9 @@ class WorkerIdentity:
         default=None, converter=_to_utc, validator=_validate_start
     )
     orchestrator: str = attrs.field(default="explicit", validator=_validate_orchestrator)
+    attempt: int | None = attrs.field(default=None, validator=_validate_count)
+    restart: int | None = attrs.field(default=None, validator=_validate_count)
+    pod: str | None = attrs.field(default=None, validator=_validate_pod)
 
     def __attrs_post_init__(self) -> None:
         if len(self.job_id) > MAX_JOB_ID:
@@ -145,6 +177,18 @@ class WorkerIdentity:
     def is_last(self) -> bool:
         """The highest index, the one that commits."""
         return self.worker_index == self.workers_total - 1
+
+    @property
+    def run_label(self) -> str:
+        """Which run of this worker, for logs: ``"attempt 1, pod x-3-abcde"``, or "" if unknown."""
+        parts = []
+        if self.restart is not None:
+            parts.append(f"restart {self.restart}")
+        if self.attempt is not None:
+            parts.append(f"attempt {self.attempt}")
+        if self.pod is not None:
+            parts.append(f"pod {self.pod}")
+        return ", ".join(parts)
 
     @property
     def job_id(self) -> str:
@@ -174,6 +218,12 @@ class WorkerIdentity:
             env[JOB_UID] = self.job_uid
         if self.job_start is not None:
             env[JOB_START] = self.job_start.isoformat()
+        if self.attempt is not None:
+            env[WORKER_ATTEMPT] = str(self.attempt)
+        if self.restart is not None:
+            env[JOBSET_RESTART_ATTEMPT] = str(self.restart)
+        if self.pod is not None:
+            env[POD_NAME] = self.pod
         return env
 
     @classmethod
@@ -181,16 +231,29 @@ class WorkerIdentity:
         """Read the identity from the environment (``os.environ`` by default).
 
         Index and total come from the first of these that is present:
-        ``WORKER_INDEX``/``WORKERS_TOTAL``; a Kubernetes Indexed Job's
+        ``WORKER_INDEX``/``WORKERS_TOTAL`` (Argo Workflows, or anything that
+        starts the workers itself); a Kubernetes Indexed Job's
         ``JOB_COMPLETION_INDEX`` (with ``WORKERS_TOTAL``, which the pod spec
-        must set: no Kubernetes variable carries the completions); AWS Batch
-        array jobs; Cloud Run jobs; Google Batch; Slurm job arrays (task ids
-        renumbered to 0..N-1). ``JOB_NAME`` and ``JOB_UID`` win over the
-        orchestrator's own names. ``JOB_START`` (ISO 8601 with an offset)
+        must set: no Kubernetes variable carries the completions), read as a
+        JobSet's when ``JOBSET_NAME``, ``JOBSET_JOB_INDEX`` or ``JOBSET_JOBS``
+        is set (worker ``JOBSET_JOB_INDEX * completions + JOB_COMPLETION_INDEX``
+        of ``WORKERS_TOTAL``); a Volcano job's ``VC_TASK_INDEX`` (total from
+        ``VC_<TASK>_NUM`` when the job has one task, else ``WORKERS_TOTAL``);
+        AWS Batch array jobs; Cloud Run jobs; Google Batch; Slurm job arrays
+        (task ids renumbered to 0..N-1). ``JOB_NAME`` and ``JOB_UID`` win over
+        the orchestrator's own names (a JobSet's are ``JOBSET_NAME`` and
+        ``JOBSET_UID``). ``JOB_START`` (ISO 8601 with an offset)
         wins for the start time; otherwise, with ``CRONJOB_NAME`` set, the
         start is the scheduled minute a CronJob encodes in its Job's name.
         A variable set to the empty string counts as unset (the downward API
-        yields "" for a missing label). Every unusable value raises
+        yields "" for a missing label). ``attempt`` comes from
+        ``WORKER_ATTEMPT``, else the orchestrator's count
+        (``JOB_INDEX_FAILURE_COUNT`` from the pod's
+        ``batch.kubernetes.io/job-index-failure-count`` annotation,
+        ``CLOUD_RUN_TASK_ATTEMPT``, ``AWS_BATCH_JOB_ATTEMPT`` - 1,
+        ``BATCH_TASK_RETRY_ATTEMPT``, ``SLURM_RESTART_COUNT``); ``restart``
+        from ``JOBSET_RESTART_ATTEMPT``; ``pod`` from ``POD_NAME``, else, in
+        a Kubernetes pod, ``HOSTNAME``. Every unusable value raises
         :class:`~icechunk_coop.IdentityError` naming the variable.
         """
         fields = read_identity(environ)
@@ -201,4 +264,7 @@ class WorkerIdentity:
             job_uid=fields.job_uid,
             job_start=fields.job_start,
             orchestrator=fields.orchestrator,
+            attempt=fields.attempt,
+            restart=fields.restart,
+            pod=fields.pod,
         )

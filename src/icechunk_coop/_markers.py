@@ -82,7 +82,15 @@ class ZarrCommitted(Record):
 
 @attrs.frozen(kw_only=True)
 class Failure(Record):
-    """Whoever owed the blob ``name`` failed: waiters stop at once instead of timing out."""
+    """Whoever owed the blob ``name`` failed: waiters stop at once instead of timing out.
+
+    ``attempt``, ``restart`` and ``pod`` say which run of the worker failed,
+    where its orchestrator tells (see :class:`~icechunk_coop.WorkerIdentity`),
+    so a marker left by an earlier try is told from the current one's. They
+    are optional keys of the same format: written only when known, and a
+    marker without them (from an older version) reads as None. An older
+    reader ignores keys it does not know.
+    """
 
     FORMAT: ClassVar[str] = "icechunk-coop/failure/1"
     CONTENT: ClassVar[Content] = "json"
@@ -91,15 +99,23 @@ class Failure(Record):
     summary: str
     at: float
     worker: int | None = None
+    attempt: int | None = None
+    restart: int | None = None
+    pod: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "format": self.FORMAT,
             "name": self.name,
             "summary": self.summary,
             "at": self.at,
             "worker": self.worker,
         }
+        for key in ("attempt", "restart", "pod"):
+            value = getattr(self, key)
+            if value is not None:
+                wire[key] = value
+        return wire
 
     @classmethod
     def from_wire(cls, wire: object, location: str) -> Self:
@@ -109,4 +125,7 @@ class Failure(Record):
             summary=field(w, "summary", str, location),
             at=float(field(w, "at", (int, float), location)),
             worker=field(w, "worker", (int, type(None)), location),
+            attempt=field(w, "attempt", (int, type(None)), location),
+            restart=field(w, "restart", (int, type(None)), location),
+            pod=field(w, "pod", (str, type(None)), location),
         )

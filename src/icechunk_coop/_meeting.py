@@ -28,7 +28,7 @@ from icechunk_coop._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop._records import COMMITTED, Record, failure_name
 from icechunk_coop._rendezvous import Rendezvous, WaitInterrupted
 from icechunk_coop._targets import Target, ZarrTarget
-from icechunk_coop._waiting import WaitPolicy
+from icechunk_coop._waiting import WaitPolicy, policy_for_environment
 
 __all__ = ["InProcessMeeting", "MeetingPoint", "StoredMeeting", "meeting_for"]
 
@@ -93,9 +93,14 @@ def _committed(job_id: str) -> AlreadyCommittedError:
 
 @attrs.frozen(kw_only=True)
 class StoredMeeting:
-    """Records sealed into a rendezvous in object storage (or local files)."""
+    """Records sealed into a rendezvous in object storage (or local files).
+
+    ``identity``, when given, is this worker's: its failure markers then say
+    which try and which pod failed (:attr:`WorkerIdentity.attempt`, ``pod``).
+    """
 
     rendezvous: Rendezvous
+    identity: WorkerIdentity | None = None
 
     @property
     def job_id(self) -> str:
@@ -186,7 +191,13 @@ class StoredMeeting:
         self.rendezvous.remove_all(keep=keep)
 
     def mark_failed(self, name: str, summary: str) -> None:
-        self.rendezvous.mark_failed(name, summary)
+        me = self.identity
+        if me is None:
+            self.rendezvous.mark_failed(name, summary)
+        else:
+            self.rendezvous.mark_failed(
+                name, summary, attempt=me.attempt, restart=me.restart, pod=me.pod
+            )
 
     def clear_failure(self, name: str) -> None:
         self.rendezvous.clear_failure(name)
@@ -309,7 +320,12 @@ def meeting_for(
     policy: WaitPolicy | None,
     environ: Mapping[str, str],
 ) -> MeetingPoint:
-    """Where this worker's job meets, under the secret policy.
+    """Where this worker's job meets, under the secret policy and the job's deadline.
+
+    ``ICECHUNK_COOP_DEADLINE_SECONDS`` in ``environ`` (the Job's
+    ``activeDeadlineSeconds``) is read first, whatever the job's size, so a
+    bad value stops every worker at once; the waits then end a little before
+    it (:func:`~icechunk_coop._waiting.policy_for_environment`).
 
     A one-worker job meets in its own memory: nothing goes through
     ``rendezvous_url`` and no secret is needed. A job of more workers refuses
@@ -317,6 +333,7 @@ def meeting_for(
     rendezvous are on this machine: an unsealed session would expose its
     storage configuration, and anyone who can write could plant a pickle.
     """
+    policy = policy_for_environment(policy, environ)
     if identity.workers_total == 1:
         return InProcessMeeting(job_id=identity.job_id)
     sealer = Sealer.from_env(identity.job_id, environ)
@@ -338,4 +355,4 @@ def meeting_for(
                 f"{', '.join(remote)}. Set {SECRET_ENV} to the same random value in "
                 "every worker instead (e.g. from a Kubernetes Secret)"
             )
-    return StoredMeeting(rendezvous=rendezvous)
+    return StoredMeeting(rendezvous=rendezvous, identity=identity)

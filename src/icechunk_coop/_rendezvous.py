@@ -169,10 +169,28 @@ class Rendezvous:
         """Delete one blob (absent is fine)."""
         self._blobs.delete(name)
 
-    def mark_failed(self, name: str, summary: str) -> None:
-        """Tell waiters of ``name`` that it will not come: they stop at once."""
+    def mark_failed(
+        self,
+        name: str,
+        summary: str,
+        *,
+        attempt: int | None = None,
+        restart: int | None = None,
+        pod: str | None = None,
+    ) -> None:
+        """Tell waiters of ``name`` that it will not come: they stop at once.
+
+        ``attempt``, ``restart`` and ``pod`` (where known) say which run of the
+        worker failed; see :class:`~icechunk_coop._markers.Failure`.
+        """
         marker = Failure(
-            name=name, summary=summary[:2000], at=time.time(), worker=index_of_result(name)
+            name=name,
+            summary=summary[:2000],
+            at=time.time(),
+            worker=index_of_result(name),
+            attempt=attempt,
+            restart=restart,
+            pod=pod,
         )
         self.publish(failure_name(name), marker.to_wire())
 
