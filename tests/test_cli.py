@@ -101,7 +101,7 @@ def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[s
     assert "failed" in out.getvalue()
 
     proc = cli("status", rv, "--job", job_id, "--workers", "3", env=env)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr  # failed: a worker left a failure marker
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isdigit()}
     assert "arrived" in lines["0"]
     assert "missing" in lines["1"]
@@ -109,7 +109,7 @@ def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[s
     assert "no source files" in lines["2"]
     # By name, and without --workers: the total comes from the setup (the secret is set).
     proc = cli("status", rv, "--job", "half", env=env)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert f"job {job_id}: failed" in proc.stdout
     assert "workers total 3, from the setup" in proc.stdout
 
@@ -139,7 +139,7 @@ def test_status_never_unpickles_a_planted_marker(tmp_path: Path) -> None:
     )
     (rv / "j" / "result-0.failed").write_bytes(planted)
     out = io.StringIO()
-    assert status(str(rv), "j", 1, out) == 0
+    assert status(str(rv), "j", 1, out) == 4  # failed (its marker unreadable: fail closed)
     assert not canary.exists()
     assert "refused" in out.getvalue() and "'pickle' content" in out.getvalue()
 
@@ -170,13 +170,13 @@ def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
     worker(0)  # setup published and result-0; workers 1 and 2 never came
     monkeypatch.delenv(SECRET_ENV, raising=False)
     out = io.StringIO()
-    assert status(rv, "late", None, out) == 0
+    assert status(rv, "late", None, out) == 3  # running: not committed, 0 only for that
     assert "job late-u7: running" in out.getvalue()
     assert list(worker_rows(out.getvalue())) == ["0"]  # all a reader without the secret sees
     assert "inferred as 1" in out.getvalue()
     monkeypatch.setenv(SECRET_ENV, SECRET)
     out = io.StringIO()
-    assert status(rv, "late", None, out) == 0
+    assert status(rv, "late", None, out) == 3
     rows = worker_rows(out.getvalue())
     assert [rows[i].split()[1] for i in "012"] == ["arrived", "missing", "missing"]
     assert "workers total 3, from the setup" in out.getvalue()
@@ -206,7 +206,7 @@ def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
     monkeypatch.delenv(SECRET_ENV)
     out = io.StringIO()
     assert status(rv, None, None, out) == 0
-    assert "late-u7  committed  -" in out.getvalue()
+    assert "late-u7  committed  all" in out.getvalue()
 
 
 def test_a_name_finds_its_job_or_says_which(
@@ -227,7 +227,7 @@ def test_a_name_finds_its_job_or_says_which(
     assert (rv / "twin-u1").exists() and (rv / "twin-u2").exists()
     assert clean(str(rv), job="twin-u1", older_than=None, repos=[], out=out) == ["twin-u1"]
     out = io.StringIO()
-    assert status(str(rv), "twin", None, out) == 0
+    assert status(str(rv), "twin", None, out) == 3  # running
     assert out.getvalue().startswith("job twin-u2: running")
     assert "setup: published" in out.getvalue()
     assert clean(str(rv), job="twinkle", older_than=None, repos=[], out=out) == ["twinkle-u3"]

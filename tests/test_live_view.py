@@ -253,8 +253,10 @@ def test_a_setup_only_the_workers_can_unpickle_still_shows_the_job(
     wire = {"format": "icechunk-coop/setup/1", "token": "t", "job": "m-u1", "workers_total": 3,
             "job_start": None, "targets": {}, "decision": _OnlyTheWorkersImportThis()}  # fmt: skip
     rv.publish("setup", wire, content="pickle")
-    assert main(["status", str(tmp_path), "--job", "m"]) == 0
-    assert "job m-u1: running" in capsys.readouterr().out
+    assert main(["status", str(tmp_path), "--job", "m"]) == 3  # running
+    text = capsys.readouterr().out
+    assert "job m-u1: running" in text
+    assert "its body does not unpickle here: ZeroDivisionError" in text  # said, not swallowed
     progress = ProgressReader(str(tmp_path), "m", secret=SECRET).read()
     assert progress is not None
     assert [w.step for w in progress.workers] == []  # no total known: nothing to list

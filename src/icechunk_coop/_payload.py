@@ -10,12 +10,28 @@ A frame is::
     MAGIC (4) | format (1) | header length (4, big-endian) | header (JSON) | nonce (12) | body
 
 The header names the job, the blob's name, the kind of content and the
-icechunk version that wrote it. The body is the content encrypted with
+icechunk version that wrote it, and may carry a record's *public claims*
+(see :data:`PUBLIC`). The body is the content encrypted with
 AES-256-GCM under a key derived (HKDF-SHA256) from the shared secret, with
 the whole header as associated data: a changed header, a changed body, a
 truncated blob or another secret all fail the same tag check. Only after the
 tag verifies do we look at what the header says (job, name, version), and
 only after those match does a caller unpickle.
+
+Public claims: a reader that only needs a record's facts (``status``
+wants the setup's worker total, deadline and icechunk version) must not
+unpickle the record to get them: a pickle can hold a class only the workers
+import, and one written by another icechunk version may not load at all.
+So a sealed mapping may name, under the key ``"public"``, a small JSON
+object that also travels in the header. It is authenticated like the rest
+of the header (it is associated data of the tag), so
+:meth:`Sealer.open_header` returns it only after the tag verifies, and a
+forged claim is refused like a forged body; it is *not* encrypted, so only
+facts anyone who can list the bucket may read go there. Frames without it
+(older writers) still open; their readers fall back to the body. Keeping the
+claims inside the frame, rather than in a blob beside it, costs no request
+on anyone's critical path (a worker's start reads the setup in one batch
+already) and cannot disagree with the body it was sealed with.
 
 AES-GCM comes from ``cryptography``, which gcsfs already requires through
 google-auth, so sealing adds no dependency of its own.
@@ -47,7 +63,7 @@ from icechunk_coop._errors import (
     PayloadFormatError,
 )
 
-__all__ = ["INSECURE_ENV", "SECRET_ENV", "Sealer"]
+__all__ = ["INSECURE_ENV", "PUBLIC", "SECRET_ENV", "FrameHeader", "Sealer"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +85,34 @@ _MAX_HEADER = 64 * 1024
 _MIN_SECRET_BYTES = 16
 
 Content = Literal["pickle", "json"]
+
+#: The key of a sealed mapping whose value (a JSON object) also travels in the header.
+PUBLIC = "public"
+
+
+def _public_of(obj: Any) -> dict[str, Any] | None:
+    """The public claims a sealed object offers (see the module's docstring), if any."""
+    if not isinstance(obj, Mapping) or PUBLIC not in obj:
+        return None
+    claims = obj[PUBLIC]
+    if not isinstance(claims, Mapping):
+        raise TypeError(f"a record's {PUBLIC!r} claims must be a mapping, got {claims!r}")
+    return dict(claims)
+
+
+@attrs.frozen(kw_only=True)
+class FrameHeader:
+    """What an authenticated frame's header says, read without deserialising its body.
+
+    ``icechunk`` is the icechunk version of the writer; ``public`` the
+    record's public claims (empty for a frame written before they existed).
+    """
+
+    job: str
+    name: str
+    content: str
+    icechunk: str | None
+    public: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def _derive_key(secret: bytes) -> bytes:
@@ -141,16 +185,17 @@ class Sealer:
             body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         else:
             body = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-        header = json.dumps(
-            {
-                "job": self.job_id,
-                "name": name,
-                "content": content,
-                "icechunk": _icechunk_version(),
-                "auth": "aes-256-gcm" if self._key is not None else "none",
-            },
-            sort_keys=True,
-        ).encode()
+        claims: dict[str, Any] = {
+            "job": self.job_id,
+            "name": name,
+            "content": content,
+            "icechunk": _icechunk_version(),
+            "auth": "aes-256-gcm" if self._key is not None else "none",
+        }
+        public = _public_of(obj)
+        if public is not None:
+            claims[PUBLIC] = public
+        header = json.dumps(claims, sort_keys=True).encode()
         prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
         if self._key is None:
             return prefix + body
@@ -166,6 +211,47 @@ class Sealer:
         expected (a failure marker, say) is refused, so even a reader without
         the secret (``icechunk-coop status``) never unpickles what it finds.
         """
+        header, body = self._verified(blob, name=name, location=location)
+        if header.get("content") == "pickle" and header.get("icechunk") != _icechunk_version():
+            raise IcechunkVersionError(
+                location=location,
+                reason=f"it was written by icechunk {header.get('icechunk')}, this process "
+                f"runs {_icechunk_version()}: run every worker of a job (and the tools that "
+                f"read its sessions) with icechunk {header.get('icechunk')}",
+            )
+        if header.get("content") != expect:
+            raise PayloadFormatError(
+                location=location,
+                reason=f"it holds {header.get('content')!r} content where {expect!r} is "
+                "expected; refusing to deserialise it",
+            )
+        if expect == "pickle":
+            return pickle.loads(body)  # authenticated above; see module docstring
+        return json.loads(body)
+
+    def open_header(self, blob: bytes, *, name: str, location: str) -> FrameHeader:
+        """Verify a frame and return its header; the body is never deserialised.
+
+        The tag is checked exactly as by :meth:`open` (the body is decrypted
+        to do so, then dropped), and so are the job and the name. The icechunk
+        version is returned, not checked: telling a reader which version wrote
+        a blob is the point of reading the header of one it cannot load.
+        """
+        header, _ = self._verified(blob, name=name, location=location)
+        public = header.get(PUBLIC, {})
+        icechunk = header.get("icechunk")
+        if not isinstance(public, Mapping) or not isinstance(icechunk, str | None):
+            raise PayloadFormatError(location=location, reason="malformed public claims")
+        return FrameHeader(
+            job=str(header.get("job")),
+            name=str(header.get("name")),
+            content=str(header.get("content")),
+            icechunk=icechunk,
+            public=dict(public),
+        )
+
+    def _verified(self, blob: bytes, *, name: str, location: str) -> tuple[dict[str, Any], bytes]:
+        """The header and the plaintext body of an authentic frame of this job's ``name``."""
         if len(blob) < _PREFIX.size:
             raise PayloadFormatError(
                 location=location, reason=f"truncated: {len(blob)} bytes is not a frame"
@@ -194,15 +280,7 @@ class Sealer:
             raise PayloadFormatError(location=location, reason="unreadable header") from exc
         body = self._authenticate(auth, prefix, rest, location)
         self._check_claims(header, name=name, location=location)
-        if header.get("content") != expect:
-            raise PayloadFormatError(
-                location=location,
-                reason=f"it holds {header.get('content')!r} content where {expect!r} is "
-                "expected; refusing to deserialise it",
-            )
-        if expect == "pickle":
-            return pickle.loads(body)  # authenticated above; see module docstring
-        return json.loads(body)
+        return header, body
 
     def _authenticate(self, auth: object, prefix: bytes, rest: bytes, location: str) -> bytes:
         if self._key is None:
@@ -241,10 +319,4 @@ class Sealer:
             raise ForeignPayloadError(
                 location=location,
                 reason=f"it was written as {header.get('name')!r}, not {name!r}",
-            )
-        if header.get("content") == "pickle" and header.get("icechunk") != _icechunk_version():
-            raise IcechunkVersionError(
-                location=location,
-                reason=f"it was written by icechunk {header.get('icechunk')}, this worker "
-                f"runs {_icechunk_version()}: run every worker of a job from the same image",
             )

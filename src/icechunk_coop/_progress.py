@@ -5,8 +5,12 @@ No worker reports its progress: the rendezvous says enough. Worker 0 is in
 is in ``work`` until its result is out; the last worker then waits for the
 others' results until it pins the plan, and commits. Failure markers and
 the committed marker end it. With the job's secret the sealed setup and
-results are opened too (once each): the setup for the worker count and the
-whole job list, a result for its timeline and how many region jobs it did.
+results are opened too (once each): the setup's header for the worker
+count and the deadline, its body for the whole job list, a result for its
+timeline and how many region jobs it did. A blob that cannot be opened
+(another secret, another icechunk version, truncated, a class only the
+workers import) is remembered with its reason, and said where it matters
+(``timeline``), never read as "not published".
 
 This is the read model behind ``status --watch``, the live view of
 ``run-local`` and ``report``; it imports no terminal or plotting library.
@@ -21,11 +25,12 @@ from typing import Any
 import attrs
 
 from icechunk_coop._errors import ConfigurationError, PayloadError
+from icechunk_coop._evidence import JobState, SetupRead, read_setup
 from icechunk_coop._markers import Committed
 from icechunk_coop._payload import SECRET_ENV, Sealer
 from icechunk_coop._records import PLAN, SETUP, Result, Setup, failure_name, result_name
 from icechunk_coop._rendezvous import Rendezvous
-from icechunk_coop._status import JobListing, JobState, find_jobs, list_jobs, read_job
+from icechunk_coop._status import JobListing, find_jobs, list_jobs, read_job
 from icechunk_coop._timeline import Timeline
 
 __all__ = ["JobProgress", "ProgressReader", "WorkerProgress"]
@@ -62,10 +67,13 @@ class JobProgress:
     last_activity: float | None
     region_jobs_total: int | None = None
     committed: Committed | None = None
+    #: Why the job is ``stopped`` or ``failed``, when the blobs say.
+    why: str | None = None
 
     @property
     def finished(self) -> bool:
-        return self.state in ("committed", "failed")
+        """Nothing more will happen by itself: committed, failed, or stopped."""
+        return self.state in ("committed", "failed", "stopped")
 
     @property
     def region_jobs_done(self) -> int | None:
@@ -117,9 +125,11 @@ class ProgressReader:
     storage_options: Mapping[str, Any] | None = None
     _job_id: str | None = attrs.field(default=None, init=False)
     _setup: Setup | None = attrs.field(default=None, init=False, repr=False)
+    _header: SetupRead | None = attrs.field(default=None, init=False, repr=False)
     _results: dict[int, Result] = attrs.field(factory=dict, init=False, repr=False)
     _first_seen: float | None = attrs.field(default=None, init=False)
-    _unreadable: set[str] = attrs.field(factory=set, init=False, repr=False)
+    #: Blob name -> why it could not be opened (read once; said by ``timeline``).
+    _unreadable: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
 
     @property
     def job_id(self) -> str | None:
@@ -146,15 +156,32 @@ class ProgressReader:
         )
 
     def _load(self, rv: Rendezvous, name: str) -> Any | None:
-        """A sealed blob's record wire, or None (absent, refused, or not ours to unpickle)."""
+        """A sealed blob's record wire, or None (absent, or refused: the reason is kept).
+
+        A blob refused once is not read again: a wrong secret or another
+        icechunk version does not fix itself between two polls.
+        """
         if name in self._unreadable:
             return None
         try:
             return rv.read(name, content="pickle")  # authenticated before unpickling
-        except PayloadError:
-            return None  # a wrong secret, or a blob being replaced: the names still say a lot
-        except Exception:  # a value of a class only the workers can import (their __main__)
-            self._unreadable.add(name)
+        except PayloadError as exc:  # another secret, another icechunk version, truncated
+            self._unreadable[name] = f"{name}: {exc.reason}"
+        except Exception as exc:  # unpickling a user's value: any class's own error
+            self._unreadable[name] = (
+                f"{name}: does not unpickle here ({type(exc).__name__}: {str(exc)[:120]}); "
+                "it may hold a class only the workers import"
+            )
+        return None
+
+    def _record[R: (Setup, Result)](self, rv: Rendezvous, name: str, kind: type[R]) -> R | None:
+        wire = self._load(rv, name)
+        if wire is None:
+            return None
+        try:
+            return kind.from_wire(wire, rv.location(name))
+        except PayloadError as exc:  # a record of another icechunk-coop version
+            self._unreadable[name] = f"{name}: {exc.reason}"
             return None
 
     def _open(self, listing: JobListing) -> None:
@@ -162,18 +189,16 @@ class ProgressReader:
         if not self.secret:
             return
         rv = self._rendezvous(listing.job_id)
-        try:
-            if self._setup is None and SETUP in listing.names:
-                wire = self._load(rv, SETUP)
-                self._setup = None if wire is None else Setup.from_wire(wire, rv.location(SETUP))
-            for index, state in listing.workers().items():
-                if state == "arrived" and index not in self._results:
-                    name = result_name(index)
-                    wire = self._load(rv, name)
-                    if wire is not None:
-                        self._results[index] = Result.from_wire(wire, rv.location(name))
-        except PayloadError:
-            pass  # a record of another version: show what the names say
+        if SETUP in listing.names:
+            if self._header is None or self._header.header is None:
+                self._header = read_setup(rv)
+            if self._setup is None:
+                self._setup = self._record(rv, SETUP, Setup)
+        for index, state in listing.workers().items():
+            if state == "arrived" and index not in self._results:
+                result = self._record(rv, result_name(index), Result)
+                if result is not None:
+                    self._results[index] = result
 
     def read(self) -> JobProgress | None:
         """The job now, or None if nothing of it is there (yet, or any more)."""
@@ -187,9 +212,10 @@ class ProgressReader:
         status = read_job(
             self.url,
             listing,
-            secret=self.secret,  # with the total given, only the JSON markers are opened
+            secret=self.secret,  # the setup's header was read above, once: only JSON here
             workers_total=total,
             storage_options=self.storage_options,
+            setup=self._header or SetupRead(),
         )
         total = status.workers_total  # given, else the committed marker's, else inferred
         details = {w.index: w.detail for w in status.workers}
@@ -205,13 +231,14 @@ class ProgressReader:
         decision = self._setup.decision if self._setup else None
         return JobProgress(
             job_id=listing.job_id,
-            state=listing.state,
+            state=status.state,
             workers_total=total,
             workers=workers,
             first_seen=self._first_seen,
             last_activity=listing.newest,
             region_jobs_total=len(decision) if isinstance(decision, Sequence) else None,
             committed=status.committed,
+            why=status.why,
         )
 
     def timeline(self, progress: JobProgress) -> Timeline:
@@ -223,12 +250,15 @@ class ProgressReader:
             steps = {i: r.timeline for i, r in self._results.items() if r.timeline}
         if not steps:
             what = "committed marker" if progress.state == "committed" else "results"
+            refused = [why for _, why in sorted(self._unreadable.items())]
             if committed is not None:
                 why = "its committed marker keeps no timeline (an older version wrote it)"
             elif not self.secret:
                 why = f"set {SECRET_ENV} to the job's secret to read its {what}"
+            elif refused:
+                why = "what it published could not be opened: " + "; ".join(refused[:3])
             else:
-                why = f"its {what} could not be read (a wrong secret, or none published yet)"
+                why = f"no worker has published its {what} yet"
             raise ConfigurationError(f"job {progress.job_id}: no steps to show: {why}")
         return Timeline.from_steps(progress.job_id, steps, workers_total=progress.workers_total)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 import attrs
 
 from icechunk_coop._errors import PayloadFormatError
+from icechunk_coop._payload import PUBLIC, FrameHeader
 
 if TYPE_CHECKING:
     import icechunk
@@ -43,6 +44,7 @@ __all__ = [
     "Record",
     "Result",
     "Setup",
+    "SetupHeader",
     "TargetSetup",
     "Writes",
     "ZarrSetup",
@@ -202,6 +204,13 @@ class Setup(Record):
     again); results and the plan carry it so nothing of another setup is
     merged. ``job_start`` is the start every worker of the job uses, and
     ``decision`` what worker 0's ``prepare`` returned (any picklable value).
+    ``deadline`` is when, in Unix seconds, the job's waits end by worker 0's
+    wait policy (``WaitPolicy.ends_at``; None when it has none).
+
+    The worker total, the deadline and the job start also travel as the
+    frame's public claims (:class:`SetupHeader`): ``status`` and ``report``
+    read them without unpickling the decision, which may hold a class only
+    the workers import.
     """
 
     FORMAT: ClassVar[str] = "icechunk-coop/setup/1"
@@ -213,6 +222,7 @@ class Setup(Record):
     targets: Mapping[str, TargetSetup]
     job_start: str | None = None
     decision: Any = None
+    deadline: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -221,8 +231,10 @@ class Setup(Record):
             "job": self.job,
             "workers_total": self.workers_total,
             "job_start": self.job_start,
+            "deadline": self.deadline,
             "decision": self.decision,
             "targets": {name: _target_to_wire(s) for name, s in self.targets.items()},
+            PUBLIC: SetupHeader.claims_of(self),
         }
 
     @classmethod
@@ -236,6 +248,61 @@ class Setup(Record):
             job_start=field(w, "job_start", (str, type(None)), location),
             targets={str(k): _target_from_wire(v, location) for k, v in targets.items()},
             decision=w.get("decision"),
+            deadline=_deadline(w.get("deadline"), location),
+        )
+
+
+def _deadline(value: object, location: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refuse(location, f"the deadline is {value!r}, not Unix seconds")
+    return float(value)
+
+
+@attrs.frozen(kw_only=True)
+class SetupHeader:
+    """The setup's public claims, read from its authenticated frame header alone.
+
+    What a reader of a job needs (``status``, ``report``) without the
+    setup's body: unpickling that runs worker 0's decision, which may hold
+    a class only the workers import, and fails under another icechunk
+    version. ``icechunk`` is the version that sealed the setup (every
+    worker's must match it). ``deadline`` is when the job's waits
+    end (see :class:`Setup`), None when worker 0's policy had no end.
+    """
+
+    FORMAT: ClassVar[str] = "icechunk-coop/setup-header/1"
+
+    workers_total: int
+    icechunk: str | None
+    job_start: str | None = None
+    deadline: float | None = None
+
+    @classmethod
+    def claims_of(cls, setup: Setup) -> dict[str, Any]:
+        """The public claims a setup's frame carries."""
+        return {
+            "format": cls.FORMAT,
+            "workers_total": setup.workers_total,
+            "job_start": setup.job_start,
+            "deadline": setup.deadline,
+        }
+
+    @classmethod
+    def from_frame(cls, header: FrameHeader, location: str) -> Self | None:
+        """The claims of an authenticated setup frame; None for one sealed before they existed."""
+        if not header.public:
+            return None
+        w = check_format(header.public, cls.FORMAT, location)
+        total = field(w, "workers_total", int, location)
+        if isinstance(total, bool) or total < 1:
+            raise _refuse(location, f"its header claims {total!r} workers")
+        return cls(
+            workers_total=total,
+            icechunk=header.icechunk,
+            job_start=field(w, "job_start", (str, type(None)), location),
+            deadline=_deadline(w.get("deadline"), location),
         )
 
 

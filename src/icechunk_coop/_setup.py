@@ -23,6 +23,7 @@ from icechunk_coop._errors import (
 )
 from icechunk_coop._identity_start import as_utc
 from icechunk_coop._markers import Committed
+from icechunk_coop._meeting import StoredMeeting
 from icechunk_coop._records import COMMITTED, SETUP, Setup
 from icechunk_coop._start import Start, clear_own_failures
 from icechunk_coop._targets import Stores
@@ -50,6 +51,22 @@ def _decide_start(ctx: JobContext) -> datetime:
     return start
 
 
+def _job_deadline(ctx: JobContext) -> float | None:
+    """When this job's waits end (Unix seconds), if worker 0's wait policy says.
+
+    It travels in the setup's public claims so that ``status`` can tell a
+    job whose pods were all stopped from one still running. Under a Job
+    deadline (``ICECHUNK_COOP_DEADLINE_SECONDS``) the policy's ``ends_at`` is
+    that deadline less a margin, counted from this pod's start, which is
+    after the Job's: the orchestrator has stopped every pod at most one
+    margin after it (``_status`` allows the largest). None for a one-worker
+    job (nobody reads its status) and for a policy without an end.
+    """
+    if not isinstance(ctx.meeting, StoredMeeting):
+        return None
+    return ctx.meeting.rendezvous.policy.ends_at
+
+
 def publish_setup(ctx: JobContext, prepare: Prepare | None, existing: Setup | None = None) -> Setup:
     """Worker 0: stage every target, run ``prepare`` in the forks, publish the setup once.
 
@@ -73,6 +90,7 @@ def publish_setup(ctx: JobContext, prepare: Prepare | None, existing: Setup | No
         job_start=start.isoformat(),
         targets={name: s.seal() for name, s in staging.items()},
         decision=decision,
+        deadline=_job_deadline(ctx),
     )
     won, record = ctx.meeting.publish_once(SETUP, record)
     if not won:

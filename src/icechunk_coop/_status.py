@@ -2,12 +2,20 @@
 
 Listing costs one recursive LIST and opens nothing. Reading one job opens
 only JSON records (failure markers, the committed marker) unless the
-job's secret is given, and then the setup too (for the worker count): a
-reader without the secret never unpickles anything.
+job's secret is given, and then the setup's authenticated header too (the
+worker total, the job's deadline, the icechunk version): a reader never
+unpickles anything of the user's. Only a setup sealed before setups had a
+header is unpickled (with the secret, after it authenticates), and when that
+fails the reason is reported, never read as "no setup".
+
+What the blobs prove beyond their names (the setup's claims, a job
+stopped or failed) is ``_evidence``'s to read; this adds the listing, the
+worker total and the workers never seen.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -18,18 +26,24 @@ from icechunk_coop._blobs import BlobStore
 from icechunk_coop._errors import (
     CoopError,
     MissingLocationError,
-    PayloadAuthenticationError,
     PayloadError,
     StorageUnreachableError,
 )
+from icechunk_coop._evidence import (
+    JobState,
+    SetupRead,
+    marker,
+    read_setup,
+    unreadable,
+    verdict_of,
+)
 from icechunk_coop._locations import TMP_MARK, check_name, filesystem, normalise_url, protocol_of
 from icechunk_coop._markers import Committed, Failure
-from icechunk_coop._payload import SECRET_ENV, Sealer
+from icechunk_coop._payload import Sealer
 from icechunk_coop._records import (
     COMMITTED,
     FAILED_SUFFIX,
     SETUP,
-    Setup,
     failure_name,
     index_of_result,
     result_name,
@@ -38,6 +52,7 @@ from icechunk_coop._rendezvous import Rendezvous
 
 __all__ = [
     "JobListing",
+    "JobState",
     "JobStatus",
     "WorkerState",
     "check_reachable",
@@ -46,7 +61,6 @@ __all__ = [
     "read_job",
 ]
 
-JobState = Literal["committed", "failed", "running", "waiting for setup"]
 TotalSource = Literal["setup", "committed", "given", "inferred", "unknown"]
 
 
@@ -97,16 +111,21 @@ class JobListing:
         return failure_name(SETUP) in self.names
 
     def workers(self) -> dict[int, Literal["arrived", "failed"]]:
-        """Worker indexes with a result or a failure marker (a result wins)."""
+        """Worker indexes with a result or a failure marker (a marker wins).
+
+        A worker withdraws its own failure marker when it starts again, so a
+        marker beside a result says the worker failed after publishing it:
+        the last worker, whose merge or commit failed (an overlap, say).
+        """
         found: dict[int, Literal["arrived", "failed"]] = {}
         for name in self.names:
             index = index_of_result(name)
             if index is None:
                 continue
-            if not name.endswith(FAILED_SUFFIX):
-                found[index] = "arrived"
+            if name.endswith(FAILED_SUFFIX):
+                found[index] = "failed"
             else:
-                found.setdefault(index, "failed")
+                found.setdefault(index, "arrived")
         return found
 
 
@@ -185,56 +204,63 @@ def find_jobs(job_ids: Iterable[str], job: str) -> list[str]:
 
 @attrs.frozen(kw_only=True)
 class WorkerState:
-    """One worker as its blobs show it."""
+    """One worker as its blobs show it.
+
+    ``missing``: no result and no failure marker (yet); ``seen`` tells
+    whether anything of the index is there at all (worker 0's setup counts).
+    """
 
     index: int
     state: Literal["arrived", "failed", "missing"]
     detail: str = ""
+    seen: bool = True
 
 
 @attrs.frozen(kw_only=True)
 class JobStatus:
     """One job as its blobs show it.
 
-    ``workers_total`` comes from the committed marker or the setup (read
-    only with the job's secret), else is the one given, else is inferred
-    from the highest worker seen; ``total_source`` says which. A committed
-    job lists only the workers whose blobs are still there (the commit
-    cleans them up); ``committed`` is what it committed, when readable,
-    and ``committed_error`` says why not.
+    ``workers_total`` comes from the committed marker or the setup's
+    header (read only with the job's secret), else is the one given, else is
+    inferred from the highest worker seen; ``total_source`` says which. A
+    committed job lists only the workers whose blobs are still there (the
+    commit cleans them up); ``committed`` is what it committed, when
+    readable, and ``committed_error`` says why not. ``state`` is what the
+    blobs prove (see the module's docstring), ``why`` the reason for a
+    ``stopped`` or ``failed`` one.
     """
 
     listing: JobListing
     workers_total: int | None
     total_source: TotalSource
     workers: tuple[WorkerState, ...]
+    state: JobState
+    why: str | None = None
     committed: Committed | None = None
     committed_error: str | None = None
+    setup: SetupRead = attrs.field(factory=SetupRead)
 
     @property
     def job_id(self) -> str:
         return self.listing.job_id
 
     @property
-    def state(self) -> JobState:
-        return self.listing.state
+    def never_seen(self) -> tuple[int, ...]:
+        """Indexes below the total with nothing in the rendezvous (no result, no marker)."""
+        return tuple(w.index for w in self.workers if not w.seen)
 
+    @property
+    def committer_missing(self) -> bool:
+        """The committing index (the last) has never been seen: nothing can commit yet."""
+        total = self.workers_total
+        return total is not None and (total - 1) in self.never_seen
 
-def _unreadable(exc: PayloadError, rv: Rendezvous) -> str:
-    if isinstance(exc, PayloadAuthenticationError):
-        if rv.sealer.authenticated:  # a secret was given, and it is not the one that sealed it
-            return f"(sealed with another secret than the {SECRET_ENV} given: not this job's)"
-        return f"(sealed: set {SECRET_ENV} to the job's secret to read it)"
-    return f"(refused: {exc.reason[:80]})"
-
-
-def _failure(rv: Rendezvous, name: str) -> str:
-    try:
-        wire = rv.read(failure_name(name))  # JSON: never unpickles
-        marker = None if wire is None else Failure.from_wire(wire, rv.location(name))
-    except PayloadError as exc:
-        return _unreadable(exc, rv)
-    return "" if marker is None else marker.summary[:100]
+    @property
+    def stops_short(self) -> bool:
+        """The indexes seen end below the last one (a Job of fewer pods than WORKERS_TOTAL?)."""
+        seen = [w.index for w in self.workers if w.seen]
+        total = self.workers_total
+        return bool(seen) and total is not None and max(seen) < total - 1
 
 
 def _committed(rv: Rendezvous, listing: JobListing) -> tuple[Committed | None, str | None]:
@@ -246,19 +272,7 @@ def _committed(rv: Rendezvous, listing: JobListing) -> tuple[Committed | None, s
             return None, "(removed while reading it)"
         return Committed.from_wire(wire, rv.location(COMMITTED)), None
     except PayloadError as exc:
-        return None, _unreadable(exc, rv)
-
-
-def _setup_total(rv: Rendezvous, listing: JobListing) -> int | None:
-    if SETUP not in listing.names:
-        return None
-    try:
-        wire = rv.read(SETUP, content="pickle")  # authenticated before unpickling
-        return None if wire is None else Setup.from_wire(wire, rv.location(SETUP)).workers_total
-    except PayloadError:
-        return None
-    except Exception:  # worker 0's decision holds a class only the workers import (__main__)
-        return None
+        return None, unreadable(exc, rv)
 
 
 def read_job(
@@ -268,12 +282,16 @@ def read_job(
     secret: str | None,
     workers_total: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    setup: SetupRead | None = None,
+    now: float | None = None,
 ) -> JobStatus:
     """The state of the job ``listing`` describes; its workers from the setup when possible.
 
     Without ``secret`` only JSON records are opened (and, sealed, refused):
-    nothing is ever unpickled. With it the setup is opened for the worker
-    count, after its frame authenticates.
+    nothing is ever unpickled. With it the setup's header is read, after its
+    frame authenticates, for the worker total and the deadline (``setup``:
+    what the caller read already). ``now`` (Unix seconds) is compared with
+    the deadline.
     """
     check_name(listing.job_id)
     sealer = Sealer(job_id=listing.job_id, secret=secret.encode() if secret else None)
@@ -281,27 +299,45 @@ def read_job(
         root_url, job_id=listing.job_id, sealer=sealer, storage_options=storage_options
     )
     committed, committed_error = _committed(rv, listing)
+    if setup is None:
+        setup = read_setup(rv) if secret and SETUP in listing.names else SetupRead()
     seen = listing.workers()
     total: int | None = workers_total
     source: TotalSource = "given"
     if total is None and committed is not None and committed.workers_total is not None:
         total, source = committed.workers_total, "committed"
-    if total is None and secret:
-        total, source = _setup_total(rv, listing), "setup"
+    if total is None and setup.header is not None:
+        total, source = setup.header.workers_total, "setup"
     if total is None:
         total, source = (max(seen) + 1, "inferred") if seen else (None, "unknown")
+    markers = {
+        name: marker(rv, name.removesuffix(FAILED_SUFFIX))
+        for name in sorted(listing.names)
+        if name.endswith(FAILED_SUFFIX)
+    }
     workers = []
     for index in range(total or 0):
         state: Literal["arrived", "failed", "missing"] = seen.get(index, "missing")
         if listing.state == "committed" and state == "missing":
             continue  # results are cleaned up after the commit
-        detail = _failure(rv, result_name(index)) if state == "failed" else ""
-        workers.append(WorkerState(index=index, state=state, detail=detail))
+        detail = ""
+        if state == "failed":
+            found = markers.get(failure_name(result_name(index)))
+            detail = found.summary[:100] if isinstance(found, Failure) else found or ""
+        by_setup = index == 0 and (listing.setup_published or listing.setup_failed)
+        if state == "missing" and by_setup:
+            detail = "published the setup" if listing.setup_published else "setup failed"
+        seen_here = state != "missing" or by_setup
+        workers.append(WorkerState(index=index, state=state, detail=detail, seen=seen_here))
+    verdict, why = verdict_of(listing.state, markers, setup, time.time() if now is None else now)
     return JobStatus(
         listing=listing,
         workers_total=total,
         total_source=source,
         workers=tuple(workers),
+        state=verdict,
+        why=why,
         committed=committed,
         committed_error=committed_error,
+        setup=setup,
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from icechunk_coop.cli._run_local import DEFAULT_BACKOFF_LIMIT, DEFAULT_GRACE, LOG_LEVEL_ENV
 
-__all__ = ["EXIT_CODES", "build_parser"]
+__all__ = ["EXIT_CODES", "STATUS_EXIT", "build_parser"]
 
 EXIT_CODES = """\
 exit codes:
@@ -20,6 +20,9 @@ exit codes:
        a worker that exited 2)
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM)"""
+
+#: ``status --job``'s exit code for each state of the job (see ``_STATUS``).
+STATUS_EXIT = {"committed": 0, "running": 3, "waiting for setup": 3, "failed": 4, "stopped": 5}
 
 _MAIN_EXAMPLES = """\
 examples:
@@ -56,7 +59,7 @@ line each time the job's state changes instead (with --rendezvous).
 
 examples:
   icechunk-coop run-local --workers 4 --job-name backfill-1 -- python job.py
-  icechunk-coop run-local --workers 4 --rendezvous s3://bucket/rendezvous -- \
+  icechunk-coop run-local --workers 4 --rendezvous s3://bucket/rendezvous -- \\
       python job.py --rendezvous s3://bucket/rendezvous
   icechunk-coop run-local --workers 4 --timeout 600 --backoff-limit-per-index 2 \\
       --secret-file ./job.secret -- python job.py
@@ -65,12 +68,30 @@ examples:
 
 _STATUS = """\
 The worker total comes from --workers, else the committed marker, else the
-setup (with ICECHUNK_COOP_SECRET set), else it is inferred. Nothing is
-unpickled without the secret, nor before its frame authenticates.
+setup's authenticated header (with ICECHUNK_COOP_SECRET set), else it is
+inferred. Nothing of the user's is unpickled, and nothing at all without
+the secret or before its frame authenticates.
 
---watch follows one job until it commits (exit 0) or fails (exit 1): in a
-terminal a live table of its workers (step, region jobs, time), otherwise a
-line each time its state changes. A job not there yet is waited for. With
+With --job, what a Job controller cannot say: the indexes never seen (no
+result, no failure marker), naming the committer (the last index) when it
+is among them, and a hint when the indexes seen stop short of the total
+(the Job's completions may disagree with WORKERS_TOTAL). The job's state,
+from its blobs alone (workers do not report that they are alive):
+  committed  the committed marker is there
+  failed     a worker left a failure marker (its error is shown)
+  stopped    nobody is left to act and it did not commit: the job's deadline
+             passed, or every failure marker is a worker that gave up waiting
+  running    nothing of the above (also while waiting for the setup)
+
+status --job exit codes (a script's answer; 1 and 2 as below):
+  0    committed
+  3    running (or waiting for the setup)
+  4    failed
+  5    stopped without committing
+
+--watch follows one job until it commits (exit 0), fails or stops (exit 1):
+in a terminal a live table of its workers (step, region jobs, time),
+otherwise a line each time its state changes. A job not there yet is waited for. With
 the secret it also opens the setup and the results (authenticated first),
 for the worker total and the region jobs each worker did.
 
@@ -78,6 +99,7 @@ examples:
   icechunk-coop status s3://bucket/rendezvous
   icechunk-coop status s3://bucket/rendezvous --job backfill-1
   icechunk-coop status s3://bucket/rendezvous --job backfill-1 --watch
+  icechunk-coop status s3://bucket/rendezvous --job backfill-1; echo $?  # 0: committed
 """
 
 _REPORT = """Prints the critical path (which worker's which steps the job's end waited
@@ -263,7 +285,7 @@ def build_parser(
     p.add_argument(
         "--watch",
         action="store_true",
-        help="follow the job (--job) until it commits or fails",
+        help="follow the job (--job) until it commits, fails or stops",
     )
     p.add_argument(
         "--interval",

@@ -8,6 +8,8 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import version
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ from icechunk_coop import (
     remove_job,
     temporary_branches,
 )
+from icechunk_coop.cli._parser import STATUS_EXIT
+from icechunk_coop.cli._words import ranges
 
 __all__ = ["clean", "cmd_clean", "cmd_status", "parse_age", "status", "storage_errors"]
 
@@ -58,8 +62,9 @@ def _jobs_table(jobs: Mapping[str, JobListing], out: IO[str]) -> None:
     rows: list[tuple[str, ...]] = [("job", "state", "workers seen", "last activity")]
     for job_id, listing in sorted(jobs.items()):
         state, arrived = listing.state, len(listing.workers())
-        # A committed job's results are cleaned up: "0 seen" would mislead.
-        shown = "-" if state == "committed" and not arrived else str(arrived)
+        # A committed job's results are cleaned up, and it committed only once
+        # every worker's result was in: "all" is what the blobs prove.
+        shown = "all" if state == "committed" else str(arrived)
         rows.append((job_id, state, shown, _age(listing.newest)))
     _table(rows, out)
 
@@ -84,28 +89,73 @@ def _total_note(job: JobStatus, secret: bool) -> str | None:
         return f"(workers total {total}, from the setup)"
     if job.total_source == "inferred":
         how = "pass --workers N" if secret else f"pass --workers N or set {SECRET_ENV}"
-        return f"(workers total inferred as {total}; {how} to be sure)"
+        return f"(workers total inferred as {total} from the highest index seen; {how} to be sure)"
     if job.total_source == "unknown" and job.state != "committed":
-        return "(no worker has reported yet)"
+        done = "worker 0 published the setup, but " if job.listing.setup_published else ""
+        how = "pass --workers N" if secret else f"set {SECRET_ENV} or pass --workers N"
+        return f"({done}no worker has published a result or a failure marker yet; {how})"
     return None  # given, or the committed marker's (said above)
 
 
-def _show_job(url: str, listing: JobListing, workers: int | None, out: IO[str]) -> None:
+def _setup_line(job: JobStatus, secret: bool) -> str:
+    listing = job.listing
+    if not listing.setup_published:
+        return f"setup: not yet{' (worker 0 failed)' if listing.setup_failed else ''}"
+    header, error = job.setup.header, job.setup.error
+    if error is not None:
+        return f"setup: published, its header unreadable {error}"
+    if header is None:
+        return "setup: published" + ("" if secret else f" (set {SECRET_ENV} to read its header)")
+    ours = version("icechunk")
+    sealed = header.icechunk or "unknown"
+    differs = f" (this tool runs {ours})" if header.icechunk and header.icechunk != ours else ""
+    deadline = "unknown"
+    if header.deadline is not None:
+        deadline = datetime.fromtimestamp(header.deadline, UTC).isoformat(timespec="seconds")
+    return (
+        f"setup: published for {header.workers_total} workers, by icechunk {sealed}{differs}; "
+        f"deadline {deadline}"
+    )
+
+
+def _never_seen(job: JobStatus, out: IO[str]) -> None:
+    """What a Job controller cannot say: indexes with nothing in the rendezvous at all."""
+    never, total = job.never_seen, job.workers_total
+    if not never or total is None:
+        return
+    out.write(f"never seen: {ranges(never)} of 0..{total - 1} (no result, no failure marker)")
+    if job.committer_missing:
+        out.write(f"; among them the committer, index {total - 1}: nothing commits until it runs")
+    out.write("\n")
+    if job.stops_short:
+        last = max(w.index for w in job.workers if w.seen)
+        out.write(
+            f"hint: the indexes seen stop at {last}, short of the last ({total - 1}): the Job's "
+            f"completions may disagree with WORKERS_TOTAL ({total}); a Job of {last + 1} pods "
+            "never commits\n"
+        )
+
+
+def _show_job(url: str, listing: JobListing, workers: int | None, out: IO[str]) -> JobStatus:
     secret = os.environ.get(SECRET_ENV) or None
     job = read_job(url, listing, secret=secret, workers_total=workers)
     out.write(f"job {job.job_id}: {job.state} (last activity {_age(listing.newest)})\n")
+    if job.why:
+        out.write(f"{job.state}: {job.why}\n")
     if job.state == "committed":
         _what_was_committed(job, out)
     else:
-        out.write(f"setup: {'published' if listing.setup_published else 'not yet'}")
-        out.write(f"{' (worker 0 failed)' if listing.setup_failed else ''}\n")
+        out.write(_setup_line(job, secret is not None) + "\n")
     if job.workers:
         table: list[tuple[str, ...]] = [("worker", "state", "detail")]
         table += [(str(w.index), w.state, w.detail) for w in job.workers]
         _table(table, out)
+    if job.state != "committed":
+        _never_seen(job, out)
     note = _total_note(job, secret is not None)
     if note:
         out.write(note + "\n")
+    return job
 
 
 def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
@@ -114,9 +164,11 @@ def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
     ``job`` is a job id (``name-uid``) or a job's name, which finds the
     ids ``<name>-...``; when it finds several they are listed instead (exit
     code 2: say which). The worker total is ``workers`` if given, else the
-    committed marker's, else the setup's (with ``ICECHUNK_COOP_SECRET``
-    set), else inferred. A job that is not there: 1. A bucket that does not
-    exist raises ``MissingLocationError``, storage that does not answer
+    committed marker's, else the setup's header (with ``ICECHUNK_COOP_SECRET``
+    set), else inferred. One job's exit code is its state's
+    (:data:`~icechunk_coop.cli._parser.STATUS_EXIT`): 0 only when it
+    committed. A job that is not there: 1. A bucket that does not exist
+    raises ``MissingLocationError``, storage that does not answer
     ``StorageUnreachableError``.
     """
     jobs = list_jobs(url)
@@ -134,8 +186,7 @@ def status(url: str, job: str | None, workers: int | None, out: IO[str]) -> int:
         out.write(f"job {job!r} matches {len(matches)} jobs at {url}; pass one to --job:\n")
         _jobs_table({m: jobs[m] for m in matches}, out)
         return 2
-    _show_job(url, jobs[matches[0]], workers, out)
-    return 0
+    return STATUS_EXIT[_show_job(url, jobs[matches[0]], workers, out).state]
 
 
 def storage_errors(command: str, run: Callable[[], int]) -> int:

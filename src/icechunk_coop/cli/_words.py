@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterable
 
-__all__ = ["describe_exit", "listing", "plural", "workers"]
+__all__ = ["describe_exit", "listing", "plural", "ranges", "workers"]
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
@@ -25,6 +25,18 @@ def workers(indexes: Iterable[int]) -> str:
     """``worker 1``, ``workers 0 and 2``."""
     found = sorted(indexes)
     return f"{'worker' if len(found) == 1 else 'workers'} {listing(found)}"
+
+
+def ranges(indexes: Iterable[int]) -> str:
+    """``4..7``, ``1, 4..7 and 9``: runs of consecutive indexes, so a thousand read as one."""
+    runs: list[list[int]] = []
+    for index in sorted(set(indexes)):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return listing(f"{a}..{b}" if b > a + 1 else f"{a}, {b}" if b > a else str(a)
+                   for a, b in runs)  # fmt: skip
 
 
 def describe_exit(code: int) -> str:
