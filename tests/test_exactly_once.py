@@ -29,6 +29,7 @@ from icechunk_coop import (
     _finalize,
     job_branch_prefix,
 )
+from icechunk_coop._markers import Committed
 from icechunk_coop._meeting import StoredMeeting
 from icechunk_coop._records import COMMITTED, PLAN
 from icechunk_coop.testing import Killed, at_crash_point
@@ -160,9 +161,9 @@ def test_a_duplicate_finalizer_never_commits_twice(tmp_path: Path) -> None:
     with at_crash_point("before-commits", twin_commits_first):
         outcome = empty(first)
     assert twin and twin[0].status == "committed"
-    assert outcome.status == "committed"  # it looked again and found its twin's commit
+    # It looked again, found its twin's commit, and says so: what it merged is not on main.
+    assert outcome.status == "already-committed"
     repo = icechunk.Repository.open(storage(tmp_path, "repo"))
-    assert outcome.snapshots["primary"] == twin[0].snapshots["primary"]
     assert repo.lookup_branch("main") == twin[0].snapshots["primary"]
     assert len(job_commits(tmp_path)) == 1
     assert not [b for b in repo.list_branches() if b.startswith(job_branch_prefix("eo-u"))]
@@ -178,8 +179,8 @@ def test_a_twin_merging_after_its_sibling_cleaned_up_leaves_no_branch_when_it_di
 ) -> None:
     """Two copies of the last worker finishing a pinned plan. One read the plan, and before
     it merges (a new temporary branch) the other commits and cleans up; it then finds the
-    job on every target, commits nothing, and dies before any cleanup. No pod of the job is
-    left to remove its branch, so the attempt must have deleted it already."""
+    job on every target, commits and finalizes nothing, and dies before its cleanup. No pod
+    of the job is left to remove its branch, so the attempt must have deleted it already."""
     run(make(tmp_path, 0))
     with at_crash_point("after-pin-plan"), pytest.raises(Killed):
         run(make(tmp_path, 1))  # the plan is pinned, nothing committed
@@ -202,7 +203,7 @@ def test_a_twin_merging_after_its_sibling_cleaned_up_leaves_no_branch_when_it_di
             raise Killed(point)
 
     monkeypatch.setattr(_finalize, "merge", sibling_finishes_first)
-    with at_crash_point("after-commit", dies_unless_sibling, times=2), pytest.raises(Killed):
+    with at_crash_point("before-cleanup", dies_unless_sibling, times=2), pytest.raises(Killed):
         run(late)
     assert len(job_commits(tmp_path)) == 1
     assert temporary_branches(tmp_path) == []
@@ -286,3 +287,39 @@ def test_a_waiting_twin_of_the_last_worker_stops_once_the_job_commits(tmp_path: 
     assert empty(a).status == "already-committed"
     assert len(slept) == 1  # the very next poll saw the committed marker
     assert len(job_commits(tmp_path)) == 1
+
+
+def test_a_twin_held_after_reading_the_results_reports_already_committed(
+    tmp_path: Path,
+) -> None:
+    """Two pods of the last index race: one reads every result and is held there while the
+    other commits and cleans up. The held one must not pin, finalize or commit anything of
+    its own, must leave the committed marker as its twin wrote it, and says
+    "already-committed": what it read is not what main holds."""
+    run(make(tmp_path, 0))
+    held, twin = make(tmp_path, 1), make(tmp_path, 1)
+    finished: list[WorkerOutcome] = []
+    finalized: list[int] = []
+
+    def twin_finishes_first(point: str) -> None:
+        finished.append(run(twin, value=5))
+
+    def counting(stores: Stores, results: list[Any]) -> None:
+        finalized.append(1)
+        finalize(stores, results)
+
+    with at_crash_point("after-load-results", twin_finishes_first):
+        outcome = held.run(work=writer(1, 9), prepare=prepare, finalize=counting, message="eo")
+    assert finished and finished[0].status == "committed"
+    assert outcome.status == "already-committed" and outcome.snapshots == {}
+    assert finalized == []  # the held twin finalized nothing
+    marker = twin.meeting.read(COMMITTED, Committed)
+    assert marker is not None and marker.snapshots == finished[0].snapshots
+    assert set(marker.timeline) == {0, 1}  # the twin's timeline, not a rewrite
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    assert len(job_commits(tmp_path)) == 1
+    assert repo.lookup_branch("main") == finished[0].snapshots["primary"]
+    root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+    assert list(root["a"][:]) == [1, 5]  # the twin's value for index 1, not the held one's 9
+    assert held.meeting.arrived() == {COMMITTED}  # no plan of its own left behind
+    assert repo.list_branches() == {"main"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import icechunk
 import pytest
@@ -75,9 +76,11 @@ def test_each_result_is_merged_while_the_last_worker_still_waits(
 
     real_add = driver_module._Merge.add
 
-    def add(self: driver_module._Merge, forks: list[icechunk.ForkSession | None]) -> None:
+    def add(
+        self: driver_module._Merge, forks: list[icechunk.ForkSession | None], *rest: Any
+    ) -> None:
         events.append("merge")
-        real_add(self, forks)
+        real_add(self, forks, *rest)
 
     monkeypatch.setattr(driver_module._Merge, "add", add)
     write_and_publish(make_job(tmp_path, 0, total), 10)

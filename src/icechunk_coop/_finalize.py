@@ -24,10 +24,12 @@ from icechunk_coop import _crash
 from icechunk_coop._context import JobContext, summary
 from icechunk_coop._drivers import BranchMoved, Merge
 from icechunk_coop._errors import (
+    AlreadyCommittedError,
     BranchKeptMovingError,
     CommitConflictError,
     ForeignPayloadError,
     ForeignResultError,
+    PayloadError,
     WorkersTotalMismatchError,
 )
 from icechunk_coop._markers import Committed
@@ -202,7 +204,20 @@ def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[
     exactly those. (Plain zarr targets get their chunks from the workers
     directly: a worker run again after the plan was pinned rewrites them.)
     """
-    won, plan = ctx.meeting.publish_once(PLAN, Plan(token=setup.token, results=tuple(results)))
+    # Whether the job committed meanwhile is read beside the pin: a twin that
+    # committed and cleaned up while this finalizer read the results leaves no
+    # plan, so ours would land. The read costs no round trip of its own; if it
+    # misses a marker published at that very moment, the commit step finds the
+    # job on every target and stops before finalizing anything.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icechunk-coop") as pool:
+        marker = pool.submit(ctx.meeting.read, COMMITTED, Committed)
+        won, plan = ctx.meeting.publish_once(PLAN, Plan(token=setup.token, results=tuple(results)))
+        committed = marker.result() is not None
+    if committed:
+        if won:
+            ctx.meeting.remove(PLAN)
+        log.info("%s: a twin committed the job while this one read the results", ctx.where)
+        raise AlreadyCommittedError(job=ctx.job_id, snapshot=None)
     if plan.token != setup.token:
         checked_plan(ctx, setup, plan)  # raises, naming the blob
     if not won:
@@ -258,12 +273,19 @@ def merge(ctx: JobContext, setup: Setup, plan: Sequence[Result]) -> Merged:
 
 
 def commit_once(
-    ctx: JobContext, merged: Merged, message: Message, done: dict[str, str]
+    ctx: JobContext,
+    merged: Merged,
+    message: Message,
+    done: dict[str, str],
+    finalize: Callable[[Merged], None] | None = None,
 ) -> dict[str, str]:
-    """One attempt: check every target, then commit those that lack the job, in order.
+    """One attempt: check every target, finalize, then commit those that lack the job, in order.
 
     ``done`` is filled in as targets are found or committed, so that a caller
-    giving up can say which targets hold the job.
+    giving up can say which targets hold the job. When every target holds
+    the job already (a twin finished it, or this finalizer's earlier run died
+    before its marker), nothing is finalized or committed:
+    :class:`AlreadyCommittedError` says so, with the primary's snapshot.
     """
     done.clear()
     names = list(merged.merges)
@@ -277,6 +299,10 @@ def commit_once(
         # before its own cleanup, with no pod of the job left to remove them.
         each(lambda name: merged.merges[name].discard(), sorted(done))
     pending = [d.name for d in ctx.drivers if d.name not in done]
+    if not pending:
+        raise AlreadyCommittedError(job=ctx.job_id, snapshot=done[ctx.primary.name])
+    if finalize is not None:
+        finalize(merged)
     already = sorted(done)
     each(lambda name: merged.merges[name].rebase(committed=already), pending)
     provenance = ctx.provenance(merged.setup.token, merged.setup.job_start)
@@ -322,10 +348,12 @@ def commit(
         current = merged if merged is not None and attempts[0] == 1 else None
         if current is None:
             current = merge(ctx, setup, plan)
+        run = finalize is not None and (current is not merged or not finalized)
         try:
-            if finalize is not None and (current is not merged or not finalized):
-                finalize(current.stores, current.results)
-            return commit_once(ctx, current, message, done)
+            return commit_once(
+                ctx, current, message, done,
+                (lambda m: finalize(m.stores, m.results)) if run and finalize else None,
+            )  # fmt: skip
         except Exception:
             # This attempt will not commit: its temporary branches go now, not
             # at a cleanup that a failed job never reaches.
@@ -387,7 +415,13 @@ def after_commit(
         workers_total=ctx.identity.workers_total,
         timeline=dict(timeline or {}),
     )
-    ctx.meeting.publish(COMMITTED, marker)
+    try:
+        won, _ = ctx.meeting.publish_once(COMMITTED, marker)
+    except PayloadError:  # a blob there that is not this job's marker (planted): ours replaces it
+        ctx.meeting.publish(COMMITTED, marker)
+    else:
+        if not won:  # a twin's, or an earlier run's: the first word stands
+            log.info("%s: the committed marker is already there; kept", ctx.where)
     _crash.reach("before-cleanup")
     clean_up(ctx)
 
