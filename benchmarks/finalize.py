@@ -21,8 +21,14 @@ writes, the wait and the merge as results arrive; commit = plan, checks,
 compare-and-set, marker, cleanup), its peak memory (VmHWM), and the
 requests it made. A JSON file and a PNG plot go under ``benchmarks/results/``.
 
+``--check on off`` (the default) runs every case twice, with the last
+worker's overlap check (no chunk written by two workers, ``_overlap``) and
+with it switched off in the finalizer's process, and prints the ratio of
+the two side by side: what refusing silent loss costs.
+
     uv run python benchmarks/finalize.py --quick
     uv run python benchmarks/finalize.py --cases 1000x100 --latency-ms 20
+    uv run python benchmarks/finalize.py --cases 10000x10 --latency-ms 0 --check on off
     uv run python benchmarks/finalize.py --cases 10x10 100x100 1000x100 10000x10 --latency-ms 0 20
 """
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -57,6 +64,7 @@ from icechunk_coop import (
     IcechunkTarget,
     WaitPolicy,
     WorkerIdentity,
+    _finalize,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
@@ -159,8 +167,12 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def finalize_main(bucket: str, name: str, workers: int, chunks: int, poll: float) -> None:
+def finalize_main(
+    bucket: str, name: str, workers: int, chunks: int, poll: float, check: str
+) -> None:
     """The last worker, in its own process: timed, with its peak memory."""
+    if check == "off":  # the baseline: results merged unchecked, as before the check existed
+        _finalize.overlap_check = lambda ctx: lambda result: None  # type: ignore[assignment]
     env = dict(os.environ)
     job = _job(workers - 1, workers, bucket, name, env, poll)
     print("READY", flush=True)  # imported and built: the results may start landing
@@ -180,7 +192,7 @@ def finalize_main(bucket: str, name: str, workers: int, chunks: int, poll: float
 
 
 def case(
-    s3: S3, workers: int, chunks: int, arrival: str, spread: float, poll: float
+    s3: S3, workers: int, chunks: int, arrival: str, spread: float, poll: float, check: str
 ) -> dict[str, Any]:
     bucket = f"fin-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(bucket)
@@ -193,7 +205,7 @@ def case(
         last_landed = land(s3, bucket, job_id, blobs, 0.0)
     before = sum(s3.counts(bucket).values())
     argv = [sys.executable, __file__, "--finalize", bucket, name, str(workers), str(chunks),
-            str(poll)]  # fmt: skip
+            str(poll), check]  # fmt: skip
     env = clean_environ({**s3.env(), "ICECHUNK_LOG": "error"})
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
@@ -205,7 +217,7 @@ def case(
     if proc.returncode != 0:
         raise RuntimeError(err[-3000:])
     row = json.loads(out.strip().splitlines()[-1])
-    row.update(workers=workers, chunks=chunks, seed_s=seeded, arrival=arrival)
+    row.update(workers=workers, chunks=chunks, seed_s=seeded, arrival=arrival, check=check)
     done_unix = row.pop("done_unix")
     row["after_last_s"] = done_unix - last_landed if arrival == "during" else None
     time.sleep(0.3)  # the proxy records a request when its answer is back
@@ -226,12 +238,13 @@ def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-HEADERS = ["latency ms", "arrival", "N", "chunks", "collect s", "commit s", "total s",
+HEADERS = ["latency ms", "arrival", "check", "N", "chunks", "collect s", "commit s", "total s",
            "after last s", "cpu s", "peak MiB", "requests"]  # fmt: skip
 
 
 def _cells(r: dict[str, Any]) -> list[object]:
-    return [f"{r['latency_ms']:.0f}", r["arrival"], r["workers"], r["chunks"],
+    return [f"{r['latency_ms']:.0f}", r["arrival"], r.get("check", "on"), r["workers"],
+            r["chunks"],
             f"{r['collect_s']:.2f}", f"{r['commit_s']:.2f}", f"{r['total_s']:.2f}",
             _f(r["after_last_s"]), f"{r.get('cpu_s', 0):.1f}", f"{r['peak_mib']:.0f}",
             r["requests"]]  # fmt: skip
@@ -270,6 +283,23 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def print_check_cost(rows: list[dict[str, Any]]) -> None:
+    """With the overlap check against without, case by case: seconds, memory, CPU."""
+    key = ("latency_ms", "arrival", "workers", "chunks")
+    on = {tuple(r[k] for k in key): r for r in rows if r.get("check", "on") == "on"}
+    off = {tuple(r[k] for k in key): r for r in rows if r.get("check") == "off"}
+    pairs = [(k, on[k], off[k]) for k in on if k in off]
+    if not pairs:
+        return
+    cells = [[f"{k[0]:.0f}", k[1], k[2], k[3], f"{a['total_s']:.2f}", f"{b['total_s']:.2f}",
+              f"{a['total_s'] / b['total_s']:.2f}x", f"{a['cpu_s']:.1f} / {b['cpu_s']:.1f}",
+              f"{a['peak_mib']:.0f} / {b['peak_mib']:.0f}"]
+             for k, a, b in pairs]  # fmt: skip
+    print("\nthe overlap check's cost (with / without):")
+    print(table(["latency ms", "arrival", "N", "chunks", "with s", "without s", "ratio",
+                 "cpu s", "peak MiB"], cells))  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="NxCHUNKS")
@@ -282,11 +312,13 @@ def main() -> int:
     parser.add_argument("--name", default="finalize", help="file name under benchmarks/results")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="measure nothing: one table and plot of these runs' rows")  # fmt: skip
-    parser.add_argument("--finalize", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--check", nargs="+", choices=("on", "off"), default=["on", "off"],
+                        help="the overlap check on, off, or both side by side")  # fmt: skip
+    parser.add_argument("--finalize", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.finalize:
-        bucket, name, workers, chunks, poll = args.finalize
-        finalize_main(bucket, name, int(workers), int(chunks), float(poll))
+        bucket, name, workers, chunks, poll, check = args.finalize
+        finalize_main(bucket, name, int(workers), int(chunks), float(poll), check)
         return 0
     if args.combine:
         runs = [json.loads(path.read_text()) for path in args.combine]
@@ -308,18 +340,20 @@ def main() -> int:
     print(" | ".join(headers), flush=True)
     for latency in args.latency_ms:
         with s3_servers(latency_ms=latency) as s3:
-            for arrival in args.arrival:
-                for workers, chunks in cases:
-                    row = case(s3, workers, chunks, arrival, args.spread, args.poll)
-                    row["latency_ms"] = latency
-                    rows.append(row)
-                    print(f"{latency:.0f} | {arrival} | {workers} | {chunks} | "
+            for arrival, (workers, chunks), check in itertools.product(
+                args.arrival, cases, args.check
+            ):
+                row = case(s3, workers, chunks, arrival, args.spread, args.poll, check)
+                row["latency_ms"] = latency
+                rows.append(row)
+                print(f"{latency:.0f} | {arrival} | {check} | {workers} | {chunks} | "
                           f"{row['collect_s']:.2f} | {row['commit_s']:.2f} | "
-                          f"{row['total_s']:.2f} | {_f(row['after_last_s'])} | "
-                          f"{row['cpu_s']:.1f} | {row['peak_mib']:.0f} | {row['requests']}",
-                          flush=True)  # fmt: skip
+                      f"{row['total_s']:.2f} | {_f(row['after_last_s'])} | "
+                      f"{row['cpu_s']:.1f} | {row['peak_mib']:.0f} | {row['requests']}",
+                      flush=True)  # fmt: skip
     print()
     print(table(HEADERS, [_cells(r) for r in rows]))
+    print_check_cost(rows)
     meta = {"command": " ".join(["uv run python benchmarks/finalize.py", *sys.argv[1:]]),
             "spread_s": args.spread, "poll_s": args.poll,
             **machine(load)}  # fmt: skip
