@@ -7,7 +7,8 @@
     │   ├── IdentityError                    identity
     │   ├── MissingSecretError               missing-secret
     │   ├── MissingLocationError             missing-location
-    │   └── WorkersTotalMismatchError        workers-total-mismatch
+    │   ├── WorkersTotalMismatchError        workers-total-mismatch
+    │   └── JobNameReusedError               job-name-reused
     ├── PayloadError                         payload                 a blob was refused
     │   ├── PayloadFormatError               payload-format
     │   ├── PayloadAuthenticationError       payload-authentication
@@ -48,6 +49,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
 _KIND: Final = re.compile(r"[a-z]+(?:-[a-z]+)*")
@@ -160,6 +162,51 @@ class WorkersTotalMismatchError(ConfigurationError):
             f"job {job!r}: worker {worker_index} has WORKERS_TOTAL={got} but the job was set "
             f"up for {expected} workers. Every pod must get the same WORKERS_TOTAL (equal to "
             "the Job's completions); fix the pod spec and re-create the job."
+        )
+
+
+class JobNameReusedError(ConfigurationError):
+    """A job without a uid found the committed marker of another run of its name.
+
+    Without a uid a job is known by its name alone, and its committed marker
+    outlives the job on purpose (a late pod must find the job done), so a
+    later Job of the same name would find it and skip its whole work in
+    silence. ``committed_start`` is the job start that run pinned (None when
+    its marker does not say), ``own_start`` this worker's, from its
+    environment (None when unknown: then a retry of that run and a new run
+    cannot be told apart, and refusing is the safe side).
+    """
+
+    kind: ClassVar[str] = "job-name-reused"
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        committed_at: float,
+        committed_start: str | None,
+        own_start: str | None,
+    ) -> None:
+        self.job: Final = job
+        self.committed_at: Final = committed_at
+        self.committed_start: Final = committed_start
+        self.own_start: Final = own_start
+        when = datetime.fromtimestamp(committed_at, UTC).isoformat(timespec="seconds")
+        start = (
+            f"job start {committed_start}" if committed_start else "a job start it did not record"
+        )
+        why = (
+            f"this worker's job start is {own_start}, so this is another run of the same name"
+            if own_start
+            else "this worker has no job start in its environment (JOB_START, or a CronJob's "
+            "Job name), so it cannot tell a retry of that run from a new one"
+        )
+        super().__init__(
+            f"job {job!r} has no uid and a run of that name committed at {when} for {start}; "
+            f"{why}. Refused before anything was committed, rather than skipping this run's work. "
+            "Fix: give the Job a uid (JOB_UID from the pod label "
+            "batch.kubernetes.io/controller-uid, through the downward API), or give it a new "
+            "name."
         )
 
 

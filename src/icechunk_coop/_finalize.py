@@ -414,6 +414,8 @@ def after_commit(
         at=time.time(),
         workers_total=ctx.identity.workers_total,
         timeline=dict(timeline or {}),
+        job_start=ctx.pinned.start or ctx.identity.job_start,  # which run committed
+        pod=ctx.identity.pod,
     )
     try:
         won, _ = ctx.meeting.publish_once(COMMITTED, marker)

@@ -5,11 +5,17 @@ Storage locations are URLs (``s3://``, ``gs://``, ``file://`` or a path,
 options we add by default are the ones coordination cannot do without:
 no listing caches (s3fs would answer ``exists`` from a stale listing
 forever) and one GET per read.
+
+``gs://`` locations go through gcsfs, which is the optional ``gcs`` extra
+(23 packages an S3-only user does not need): :func:`require_filesystem`
+refuses such a URL when gcsfs is missing, naming the extra, before any
+worker reads or writes anything.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 import urllib.parse
@@ -27,11 +33,14 @@ __all__ = [
     "filesystem",
     "normalise_url",
     "protocol_of",
+    "require_filesystem",
 ]
 
 TMP_MARK = ".tmp-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _SCHEMES = {"s3", "s3a", "gs", "gcs", "file", "memory"}
+#: Schemes whose fsspec filesystem is an optional extra: (module, extra).
+_EXTRAS = {"gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
 
 
 def normalise_url(url: str) -> str:
@@ -117,11 +126,36 @@ def protocol_of(url: str) -> str:
     return url.split("://", 1)[0] if "://" in url else "file"
 
 
+def require_filesystem(url: str, role: str = "location") -> None:
+    """Refuse ``url`` at once if the fsspec filesystem it needs is not installed.
+
+    Without this, fsspec's own ImportError comes from deep inside the first
+    read, on every worker, without the extra that fixes it. Only whether the
+    module can be found is checked (no import: gcsfs takes a second to load,
+    and fsspec imports it anyway when the filesystem opens). An Icechunk
+    repository on ``gs://`` does not come here: icechunk reaches GCS itself.
+    """
+    needed = _EXTRAS.get(protocol_of(url))
+    if needed is None:
+        return
+    module, extra = needed
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, a broken parent
+        found = False
+    if not found:
+        raise ConfigurationError(
+            f"{role} {url!r} needs {module}, which is not installed: install the {extra!r} "
+            f"extra, pip install 'icechunk-coop[{extra}]' (or uv add 'icechunk-coop[{extra}]')"
+        )
+
+
 def filesystem(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem behind ``url`` with our defaults, and the path inside it."""
     url = normalise_url(url)
+    require_filesystem(url)
     options = default_options(protocol_of(url), storage_options or {})
     fs, root = fsspec.core.url_to_fs(url, **options)
     return fs, str(root).rstrip("/")

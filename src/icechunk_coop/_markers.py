@@ -8,6 +8,7 @@ anything to find out.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar, Self
 
 import attrs
@@ -24,9 +25,23 @@ def _timelines(wire: object, location: str) -> dict[int, dict[str, tuple[float, 
     return {int(k): timeline_from_wire(v, location) for k, v in wire.items()}
 
 
+def _iso(value: datetime | str | None) -> str | None:
+    """A job start as ISO 8601 text (how the setup pins it too)."""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
 @attrs.frozen(kw_only=True)
 class Committed(Record):
-    """The job is done: what each target got. Kept after cleanup for late pods."""
+    """The job is done: what each target got. Kept after cleanup for late pods.
+
+    ``job_start`` (the start the committing run pinned, ISO 8601) and ``pod``
+    (the pod that committed) say which run committed: a job without a uid is
+    known by its name alone, and a later Job of that name must tell its own
+    retry from the marker of another run (see ``_start.check_same_run``).
+    Both are optional keys of the same format, written only when known: a
+    marker from an older version reads them as None, and an older reader
+    ignores them.
+    """
 
     FORMAT: ClassVar[str] = "icechunk-coop/committed/1"
     CONTENT: ClassVar[Content] = "json"
@@ -36,9 +51,11 @@ class Committed(Record):
     workers_total: int | None = None
     #: Worker index -> step -> (began, ended): where the job's time went.
     timeline: Mapping[int, Mapping[str, tuple[float, float]]] = attrs.field(factory=dict)
+    job_start: str | None = attrs.field(default=None, converter=_iso)
+    pod: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "format": self.FORMAT,
             "snapshots": dict(self.snapshots),
             "at": self.at,
@@ -47,6 +64,11 @@ class Committed(Record):
                 str(i): {k: list(v) for k, v in steps.items()} for i, steps in self.timeline.items()
             },
         }
+        for key in ("job_start", "pod"):
+            value = getattr(self, key)
+            if value is not None:
+                wire[key] = value
+        return wire
 
     @classmethod
     def from_wire(cls, wire: object, location: str) -> Self:
@@ -57,6 +79,8 @@ class Committed(Record):
             at=float(field(w, "at", (int, float), location)),
             workers_total=field(w, "workers_total", (int, type(None)), location),
             timeline=_timelines(w.get("timeline", {}), location),
+            job_start=field(w, "job_start", (str, type(None)), location),
+            pod=field(w, "pod", (str, type(None)), location),
         )
 
 

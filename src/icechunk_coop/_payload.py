@@ -33,8 +33,8 @@ claims inside the frame, rather than in a blob beside it, costs no request
 on anyone's critical path (a worker's start reads the setup in one batch
 already) and cannot disagree with the body it was sealed with.
 
-AES-GCM comes from ``cryptography``, which gcsfs already requires through
-google-auth, so sealing adds no dependency of its own.
+AES-GCM comes from ``cryptography``, a direct dependency (gcsfs, now the
+optional ``gcs`` extra, used to bring it in through google-auth).
 """
 
 from __future__ import annotations

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from datetime import datetime
 
 import attrs
 
 from icechunk_coop._context import JobContext
+from icechunk_coop._errors import JobNameReusedError
 from icechunk_coop._markers import Committed
 from icechunk_coop._records import (
     COMMITTED,
@@ -34,7 +36,7 @@ from icechunk_coop._records import (
     result_name,
 )
 
-__all__ = ["Start", "begin", "clear_own_failures"]
+__all__ = ["Start", "begin", "check_same_run", "clear_own_failures"]
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +69,52 @@ def clear_own_failures(ctx: JobContext, present: Iterable[str] | None = None) ->
     for name in _own_markers(ctx):
         if present is None or name in present:
             ctx.meeting.clear_failure(name)
+
+
+def _same_start(recorded: str | None, own: datetime) -> bool:
+    if recorded is None:
+        return False
+    try:
+        return datetime.fromisoformat(recorded) == own
+    except ValueError:  # not a time we wrote: fail closed
+        return False
+
+
+def check_same_run(ctx: JobContext, marker: Committed) -> None:
+    """Refuse ``marker`` if another run of this job's name, not this one, committed it.
+
+    The marker outlives the job so that a late or retried pod finds its job
+    done. With a uid the job id is unique to one Job: the marker is this
+    run's. Without one the job id is the name alone, and a Job deleted and
+    created again under that name (or a fixed name run twice) would find the
+    first run's marker and skip all of its work in silence. Which run
+    committed is the job start the marker records (the start its setup
+    pinned, from which the work list derives):
+
+    - this worker's start is known (``JOB_START``, a CronJob's Job name) and
+      equal: a retry of that run, and the job is done, as before;
+    - known and different: another run of the same name;
+    - unknown (no start in the environment, or a marker that does not record
+      one): a retry and a new run look alike.
+
+    The last two are refused with :class:`JobNameReusedError`, which names
+    the fix (a uid, or a new name). Going ahead instead would not be sound:
+    the new run shares the old one's namespace, its peers would read the
+    marker at different moments (some skipping, some waiting), and its
+    finalizer would find the old run's commit on the primary under the same
+    job id and report the new work committed. A retry refused by mistake
+    fails loudly and is fixed by a uid; a run skipped by mistake loses its
+    data without a word.
+    """
+    own = ctx.identity.job_start
+    if ctx.identity.job_uid is not None or (own is not None and _same_start(marker.job_start, own)):
+        return
+    raise JobNameReusedError(
+        job=ctx.job_id,
+        committed_at=marker.at,
+        committed_start=marker.job_start,
+        own_start=None if own is None else own.isoformat(),
+    )
 
 
 def _read(ctx: JobContext) -> tuple[dict[str, Record], str | None]:
@@ -122,7 +170,11 @@ def begin(ctx: JobContext) -> Start:
         if failure:
             raise failure[0]
         found, snapshot = outcome[0]
-    committed = COMMITTED in found
+    marker = found.get(COMMITTED)
+    if marker is not None:
+        assert isinstance(marker, Committed)
+        check_same_run(ctx, marker)
+    committed = marker is not None
     setup, plan = found.get(SETUP), found.get(PLAN)
     assert setup is None or isinstance(setup, Setup)
     assert plan is None or isinstance(plan, Plan)

@@ -15,6 +15,7 @@ import attrs
 
 from icechunk_coop._errors import AlreadyCommittedError, ForeignPayloadError
 from icechunk_coop._ledger import Provenance
+from icechunk_coop._locations import require_filesystem
 from icechunk_coop._markers import ZarrCommitted
 from icechunk_coop._overlap import RecordingStore, zarr_changes
 from icechunk_coop._records import TargetSetup, Writes, ZarrSetup, committed_name
@@ -95,6 +96,10 @@ class ZarrDriver:
     target: ZarrTarget
     job_id: str
     meeting: MeetingPoint
+
+    def __attrs_post_init__(self) -> None:
+        # A gs:// store without gcsfs is refused when the job is made, not at its first write.
+        require_filesystem(self.target.url, role=f"plain zarr target {self.target.name!r} at")
 
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
 
+from icechunk_coop._locations import require_filesystem
 from icechunk_coop._targets import ZarrTarget
 
 __all__ = ["StagedMetadataStore", "open_zarr_store", "publish_staged"]
@@ -41,6 +42,7 @@ def open_zarr_store(target: ZarrTarget) -> Store:
         return zarr.storage.LocalStore(target.url)
     if target.url.startswith("file://"):
         return zarr.storage.LocalStore(target.url.removeprefix("file://"))
+    require_filesystem(target.url, role=f"plain zarr target {target.name!r} at")
     return zarr.storage.FsspecStore.from_url(
         target.url, storage_options=dict(target.storage_options) or None
     )

@@ -1,0 +1,183 @@
+"""A job name reused without a uid never skips silently: the committed marker says which run.
+
+The committed marker outlives a job so that a late pod finds the job done.
+Without a uid the job id is the name alone, so a later Job of that name
+finds the same marker: it must be told from a retry of the run that
+committed (same job start) and refused otherwise, naming the fix.
+In-process workers on local files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import pytest
+import zarr
+
+from icechunk_coop import (
+    CooperativeJob,
+    IcechunkTarget,
+    JobNameReusedError,
+    Stores,
+    WorkerIdentity,
+    WorkerOutcome,
+)
+from icechunk_coop._markers import Committed
+from icechunk_coop._records import COMMITTED
+from icechunk_coop.testing import job_commits
+
+SECRET = "name-reuse-secret-0123456789abcd"
+FIRST = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
+SECOND = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+
+
+def repo(tmp_path: Path) -> icechunk.Repository:
+    return icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+
+
+def make(
+    tmp_path: Path,
+    index: int,
+    *,
+    uid: str | None = None,
+    start: datetime | None = None,
+    decided: datetime = FIRST,
+) -> CooperativeJob:
+    identity = WorkerIdentity(
+        worker_index=index,
+        workers_total=2,
+        job_name="nightly",
+        job_uid=uid,
+        job_start=start,
+        pod=f"nightly-{index}-abcde",
+    )
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    return CooperativeJob.create(
+        identity=identity,
+        rendezvous_url=str(tmp_path / "rv"),
+        primary=IcechunkTarget(name="primary", storage=storage),
+        environ={"ICECHUNK_COOP_SECRET": SECRET},
+        job_start=lambda: decided,
+    )
+
+
+def prepare(stores: Stores) -> None:
+    zarr.open_group(stores.primary, mode="a").require_array(
+        "a", shape=(2,), chunks=(1,), dtype="i4", fill_value=0
+    )
+
+
+def writer(index: int, value: int) -> Callable[[Stores], int]:
+    def work(stores: Stores) -> int:
+        zarr.open_array(stores.primary, path="a", mode="r+")[index] = value
+        return value
+
+    return work
+
+
+def run(job: CooperativeJob, value: int = 1) -> WorkerOutcome:
+    return job.run(work=writer(job.identity.worker_index, value), prepare=prepare, message="m")
+
+
+def run_job(tmp_path: Path, value: int = 1, **identity: Any) -> list[WorkerOutcome]:
+    return [run(make(tmp_path, i, **identity), value) for i in (0, 1)]
+
+
+def marker(job: CooperativeJob) -> Committed:
+    found = job.meeting.read(COMMITTED, Committed)
+    assert found is not None
+    return found
+
+
+def test_the_committed_marker_says_which_run_committed(tmp_path: Path) -> None:
+    assert [o.status for o in run_job(tmp_path, start=FIRST)] == ["published", "committed"]
+    found = marker(make(tmp_path, 0, start=FIRST))
+    assert found.job_start == FIRST.isoformat()
+    assert found.pod == "nightly-1-abcde"
+
+
+def test_the_marker_records_the_start_worker_0_decided_when_the_environment_gives_none(
+    tmp_path: Path,
+) -> None:
+    run_job(tmp_path, uid="u1", decided=SECOND)
+    assert marker(make(tmp_path, 0, uid="u1")).job_start == SECOND.isoformat()
+
+
+def test_a_marker_without_the_new_fields_still_reads_and_they_are_not_written_when_unknown() -> (
+    None
+):
+    old = {"format": Committed.FORMAT, "snapshots": {"primary": "S"}, "at": 1.0,
+           "workers_total": 2, "timeline": {}}  # fmt: skip
+    read = Committed.from_wire(old, "here")
+    assert (read.job_start, read.pod) == (None, None)
+    assert read.to_wire() == old
+
+
+def test_a_name_reused_with_a_new_uid_commits_again_and_a_retry_under_a_uid_is_done(
+    tmp_path: Path,
+) -> None:
+    run_job(tmp_path, uid="u1", start=FIRST)
+    # A retry under the same uid, even with a start that differs: the uid decides, as before.
+    assert run(make(tmp_path, 0, uid="u1", start=SECOND)).status == "already-committed"
+    second = run_job(tmp_path, value=2, uid="u2", start=SECOND)
+    assert [o.status for o in second] == ["published", "committed"]
+    assert len(job_commits(repo(tmp_path), "nightly-u1")) == 1
+    assert len(job_commits(repo(tmp_path), "nightly-u2")) == 1
+
+
+def test_a_retry_of_the_same_run_without_a_uid_finds_itself_done(tmp_path: Path) -> None:
+    run_job(tmp_path, start=FIRST)
+    tip = repo(tmp_path).lookup_branch("main")
+    assert run(make(tmp_path, 0, start=FIRST), value=9).status == "already-committed"
+    assert run(make(tmp_path, 1, start=FIRST), value=9).status == "already-committed"
+    assert repo(tmp_path).lookup_branch("main") == tip
+    assert len(job_commits(repo(tmp_path), "nightly")) == 1
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_another_run_of_the_name_without_a_uid_is_refused_naming_the_fix(
+    tmp_path: Path, index: int
+) -> None:
+    run_job(tmp_path, start=FIRST)
+    tip = repo(tmp_path).lookup_branch("main")
+    before = marker(make(tmp_path, 0, start=FIRST))
+
+    with pytest.raises(JobNameReusedError) as refused:
+        run(make(tmp_path, index, start=SECOND), value=9)
+
+    message = str(refused.value)
+    assert "'nightly'" in message
+    assert FIRST.isoformat() in message and SECOND.isoformat() in message
+    assert "JOB_UID" in message and "batch.kubernetes.io/controller-uid" in message
+    assert "new name" in message
+    assert refused.value.committed_start == FIRST.isoformat()
+    assert repo(tmp_path).lookup_branch("main") == tip  # nothing committed
+    assert marker(make(tmp_path, 0, start=FIRST)) == before  # the first run's word stands
+
+
+def test_a_run_without_a_start_cannot_be_told_from_a_retry_and_is_refused(
+    tmp_path: Path,
+) -> None:
+    run_job(tmp_path)  # worker 0 decided the start: the environment gave none
+    tip = repo(tmp_path).lookup_branch("main")
+
+    with pytest.raises(JobNameReusedError, match="no job start in its environment") as refused:
+        run(make(tmp_path, 1), value=9)
+
+    assert refused.value.own_start is None
+    assert refused.value.committed_start == FIRST.isoformat()
+    assert repo(tmp_path).lookup_branch("main") == tip
+
+
+def test_a_marker_from_an_older_version_is_refused_without_a_uid(tmp_path: Path) -> None:
+    run_job(tmp_path, start=FIRST)
+    job = make(tmp_path, 0, start=FIRST)
+    old = marker(job)
+    job.meeting.publish(COMMITTED, Committed(snapshots=old.snapshots, at=old.at))
+
+    with pytest.raises(JobNameReusedError, match="did not record"):
+        run(make(tmp_path, 0, start=FIRST), value=9)
