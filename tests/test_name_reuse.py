@@ -26,6 +26,7 @@ from icechunk_coop import (
     WorkerIdentity,
     WorkerOutcome,
 )
+from icechunk_coop._cleanup import remove_job
 from icechunk_coop._markers import Committed
 from icechunk_coop._records import COMMITTED
 from icechunk_coop.testing import job_commits
@@ -181,3 +182,19 @@ def test_a_marker_from_an_older_version_is_refused_without_a_uid(tmp_path: Path)
 
     with pytest.raises(JobNameReusedError, match="did not record"):
         run(make(tmp_path, 0, start=FIRST), value=9)
+
+
+def test_after_the_old_run_is_forgotten_another_start_commits_and_the_same_start_is_done(
+    tmp_path: Path,
+) -> None:
+    # `icechunk-coop clean --job nightly` removes the rendezvous, marker and all: only the
+    # commit's own record of its start can tell a new run of the name from a retry.
+    run_job(tmp_path, start=FIRST)
+    remove_job(str(tmp_path / "rv"), "nightly")
+    assert run(make(tmp_path, 0, start=FIRST), value=9).status == "already-committed"
+    remove_job(str(tmp_path / "rv"), "nightly")
+    second = run_job(tmp_path, value=2, start=SECOND)
+    assert [o.status for o in second] == ["published", "committed"]
+    assert len(job_commits(repo(tmp_path), "nightly")) == 2
+    store = repo(tmp_path).readonly_session("main").store
+    assert list(zarr.open_array(store, path="a", mode="r")[:]) == [2, 2]

@@ -137,14 +137,26 @@ class TargetDriver(Protocol):
         ...
 
 
-def driver_for(target: Target, *, job_id: str, meeting: MeetingPoint, scan: int) -> TargetDriver:
-    """The driver of ``target``: the one place that maps a kind of target to its driver."""
+def driver_for(
+    target: Target,
+    *,
+    job_id: str,
+    meeting: MeetingPoint,
+    scan: int,
+    run_start: str | None = None,
+) -> TargetDriver:
+    """The driver of ``target``: the one place that maps a kind of target to its driver.
+
+    ``run_start`` is the job start of a job known by its name alone (no uid):
+    an earlier run of that name committed under the same job id, and only
+    its recorded start tells the two runs apart.
+    """
     from icechunk_coop._icechunk_driver import IcechunkDriver
     from icechunk_coop._targets import IcechunkTarget, ZarrTarget
     from icechunk_coop._zarr_driver import ZarrDriver
 
     if isinstance(target, IcechunkTarget):
-        return IcechunkDriver(target=target, job_id=job_id, scan=scan)
+        return IcechunkDriver(target=target, job_id=job_id, scan=scan, run_start=run_start)
     if isinstance(target, ZarrTarget):
         return ZarrDriver(target=target, job_id=job_id, meeting=meeting)
     raise TypeError(f"no driver for {type(target).__name__}")  # pragma: no cover

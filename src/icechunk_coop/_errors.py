@@ -206,7 +206,13 @@ class JobNameReusedError(ConfigurationError):
             f"{why}. Refused before anything was committed, rather than skipping this run's work. "
             "Fix: give the Job a uid (JOB_UID from the pod label "
             "batch.kubernetes.io/controller-uid, through the downward API), or give it a new "
-            "name."
+            "name"
+            + (
+                f", or forget the old run with `icechunk-coop clean URL --job {job}` (its commit "
+                "records its start, so a run with another start then commits)."
+                if own_start
+                else "."
+            )
         )
 
 

@@ -100,6 +100,7 @@ class _Merge:
     branch: str
     repo: icechunk.Repository = attrs.field(repr=False)
     session: icechunk.Session = attrs.field(repr=False)
+    run_start: str | None = None
     tip: str | None = None
 
     @property
@@ -119,7 +120,9 @@ class _Merge:
         # twin finalizer that committed after this read makes ours fail (and
         # the next attempt find its commit) instead of landing twice.
         self.tip = self.repo.lookup_branch(self.target.branch)
-        return find_job_commit(self.repo, self.tip, self.job_id, self.base)
+        return find_job_commit(
+            self.repo, self.tip, self.job_id, self.base, start=self.run_start
+        )
 
     def rebase(self, *, committed: Sequence[str]) -> None:
         assert self.tip is not None, "landed() reads the tip first"
@@ -170,6 +173,8 @@ class IcechunkDriver:
     target: IcechunkTarget
     job_id: str
     scan: int
+    #: This run's job start, for a job known by its name alone (see ``find_job_snapshot``).
+    run_start: str | None = None
     _opened: list[icechunk.Repository] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     @property
@@ -208,7 +213,7 @@ class IcechunkDriver:
             tip = repo.lookup_branch(self.target.branch)
         except icechunk.IcechunkError:
             return None  # no repository or branch yet: nothing can have been committed
-        return find_job_commit(repo, tip, self.job_id, base, self.scan)
+        return find_job_commit(repo, tip, self.job_id, base, self.scan, self.run_start)
 
     def _finished_by_another(self, refused: icechunk.IcechunkError) -> icechunk.Repository:
         """The repository another creator is finishing, or why there will be none.
@@ -261,7 +266,9 @@ class IcechunkDriver:
         # session read, so nothing can slip in between reading S0 and forking.
         # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
         session = repo.writable_session(self.target.branch)
-        found = find_job_snapshot(repo, session.snapshot_id, self.job_id, None, self.scan)
+        found = find_job_snapshot(
+            repo, session.snapshot_id, self.job_id, None, self.scan, self.run_start
+        )
         if found is not None and primary:
             # A twin of this worker may have finished the whole job after our
             # first look: a base read now would sit above the job's commit, and
@@ -311,6 +318,7 @@ class IcechunkDriver:
             branch=branch,
             repo=repo,
             session=session,
+            run_start=self.run_start,
         )
 
     def cleanup(self) -> None:

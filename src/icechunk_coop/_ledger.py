@@ -66,17 +66,32 @@ def job_of_commit(metadata: Mapping[str, Any] | None) -> str | None:
     return meta.get("job") if isinstance(meta, dict) else None
 
 
+def _start_of_commit(metadata: Mapping[str, Any] | None) -> str | None:
+    meta = (metadata or {}).get(METADATA_KEY)
+    start = meta.get("job_start") if isinstance(meta, dict) else None
+    return start if isinstance(start, str) else None
+
+
 def find_job_snapshot(
-    repo: icechunk.Repository, tip: str, job_id: str, base: str | None, scan: int = DEFAULT_SCAN
+    repo: icechunk.Repository,
+    tip: str,
+    job_id: str,
+    base: str | None,
+    scan: int = DEFAULT_SCAN,
+    start: str | None = None,
 ) -> icechunk.SnapshotInfo | None:
     """The snapshot ``job_id`` committed among the ancestors of ``tip``, if any.
 
     With the job's ``base`` known the scan goes all the way down to it.
     Without it (no setup left to tell) the scan stops after ``scan``
-    snapshots.
+    snapshots. ``start``, for a job known by its name alone (no uid), is
+    this run's job start: a commit of the name that records another start
+    belongs to an earlier run of the name, not to this one.
     """
     for n, info in enumerate(repo.ancestry(snapshot_id=tip)):
-        if job_of_commit(info.metadata) == job_id:
+        if job_of_commit(info.metadata) == job_id and (
+            start is None or _start_of_commit(info.metadata) in (None, start)
+        ):
             return info
         if info.id == base or (base is None and n >= scan):
             return None
@@ -84,10 +99,15 @@ def find_job_snapshot(
 
 
 def find_job_commit(
-    repo: icechunk.Repository, tip: str, job_id: str, base: str | None, scan: int = DEFAULT_SCAN
+    repo: icechunk.Repository,
+    tip: str,
+    job_id: str,
+    base: str | None,
+    scan: int = DEFAULT_SCAN,
+    start: str | None = None,
 ) -> str | None:
     """The id of :func:`find_job_snapshot`'s snapshot."""
-    info = find_job_snapshot(repo, tip, job_id, base, scan)
+    info = find_job_snapshot(repo, tip, job_id, base, scan, start)
     return None if info is None else str(info.id)
 
 

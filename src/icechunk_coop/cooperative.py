@@ -122,8 +122,16 @@ class CooperativeJob:
                 f"the meeting point is for job {self.meeting.job_id!r}, "
                 f"identity says {self.identity.job_id!r}"
             )
+        me = self.identity
+        run_start = me.job_start.isoformat() if me.job_uid is None and me.job_start else None
         drivers = tuple(
-            driver_for(t, job_id=self.job_id, meeting=self.meeting, scan=self.ancestry_scan)
+            driver_for(
+                t,
+                job_id=self.job_id,
+                meeting=self.meeting,
+                scan=self.ancestry_scan,
+                run_start=run_start,
+            )
             for t in self.targets
         )
         ctx = JobContext(
