@@ -126,8 +126,14 @@ class TargetDriver(Protocol):
 
     def fork(self, state: TargetSetup) -> Fork: ...
 
-    def changes(self, fork: icechunk.ForkSession | None, writes: Writes) -> dict[str, str | None]:
-        """Every key one result changed on this target, with its digest where known."""
+    def changes(
+        self, fork: icechunk.ForkSession | None, writes: Writes | None
+    ) -> dict[str, str | None]:
+        """Every key one result changed on this target, with its digest where known.
+
+        ``writes`` is what the worker listed (None in a result of a release
+        before workers listed their writes).
+        """
         ...
 
     def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> Merge: ...

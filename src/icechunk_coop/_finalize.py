@@ -125,7 +125,7 @@ def overlap_check(ctx: JobContext) -> Callable[[Result], None]:
 
     def add(result: Result) -> None:
         for driver in ctx.drivers:
-            writes = result.writes.get(driver.name, _NOTHING)
+            writes = result.writes.get(driver.name)
             changed = driver.changes(result.forks.get(driver.name), writes)
             check.add(result.index, driver.name, changed)
 

@@ -12,9 +12,11 @@ one half silently. Detecting it needs no chunk data:
   few hundred MB/s, far below the cost of encoding the chunk), and the
   result carries that record (:class:`Writes`);
 - for an Icechunk target the fork's own change set (``ForkSession.status()``,
-  coordinates only, read from the unpickled fork without any I/O) says
-  which chunks and nodes it changed, whether or not they went through our
-  store; for a plain zarr target the record is all there is;
+  coordinates only, no chunk data) says which chunks and nodes it changed,
+  whether or not they went through our store; each worker lists it for its
+  own fork as it publishes (a few ms, in parallel with the others), so the
+  last worker only compares keys. For a plain zarr target the record is all
+  there is;
 - :class:`OverlapCheck` on the last worker folds each result in as it
   arrives and raises :class:`~icechunk_coop.ChunkOverlapError` on the first key
   two workers both wrote with different (or unknown) bytes, before any
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DELETED",
+    "UNKNOWN",
     "OverlapCheck",
     "RecordingStore",
     "chunk_key",

@@ -133,8 +133,10 @@ class ZarrDriver:
         staged = self._staged(state)
         return _Fork(staged=staged, base=dict(staged.staged), store=RecordingStore(staged))
 
-    def changes(self, fork: icechunk.ForkSession | None, writes: Writes) -> dict[str, str | None]:
-        return zarr_changes(writes)
+    def changes(
+        self, fork: icechunk.ForkSession | None, writes: Writes | None
+    ) -> dict[str, str | None]:
+        return zarr_changes(writes or Writes())
 
     def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
         return _Merge(driver=self, store=self._staged(state))
