@@ -18,7 +18,7 @@ inherits from icechunk-coop:
 :meth:`PipelineForecast._process_region_jobs` is the whole adoption: it hands
 those pieces to :func:`icechunk_coop.run_region_jobs` as hooks. Worker 0
 writes the template into the job's fork with xarray, every worker processes
-its share of the jobs (spread over ``init_time``), and the last worker builds
+its share of the jobs (interleaved along ``init_time``), and the last worker builds
 the final template from every job's results, refuses to shrink what readers
 see, writes the final metadata and commits once.
 
@@ -454,7 +454,7 @@ class PipelineForecast:
     ) -> WorkerOutcome:
         """The shim: the pipeline's template, jobs and results as run_region_jobs' hooks.
 
-        ``all_jobs`` is the whole list (every worker takes its share, spread over
+        ``all_jobs`` is the whole list (every worker takes its share, interleaved along
         ``init_time``), or a callable worker 0 calls once, its list pinned for
         every worker. The template comes with the jobs, so every hook of every
         worker, a restarted last worker included, has the same one.
@@ -498,7 +498,7 @@ class PipelineForecast:
         return run_region_jobs(
             job,
             all_jobs,
-            assign="spread",
+            assign="interleaved",  # each worker's jobs scattered along init_time
             context=lambda job, jobs: jobs[0].template_ds,  # the template travels with the jobs
             prepare=prepare,
             finalize=finalize,

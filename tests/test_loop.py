@@ -27,7 +27,7 @@ from icechunk_coop.testing import Killed, at_crash_point, job_commits, run_in_pr
 SECRET = "loop-secret-0123456789abcdef0123"
 
 
-@pytest.mark.parametrize("how", ["contiguous", "spread"])
+@pytest.mark.parametrize("how", ["contiguous", "bit-reversed-blocks", "interleaved"])
 @pytest.mark.parametrize(("n_jobs", "total"), [(10, 3), (8, 8), (3, 5), (64, 6), (0, 2)])
 def test_every_job_goes_to_exactly_one_worker(how: str, n_jobs: int, total: int) -> None:
     shares = [assign_jobs(n_jobs, i, total, how) for i in range(total)]  # type: ignore[arg-type]
@@ -36,17 +36,30 @@ def test_every_job_goes_to_exactly_one_worker(how: str, n_jobs: int, total: int)
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-def test_spread_covers_the_whole_range_with_the_first_workers() -> None:
+def test_bit_reversed_blocks_cover_the_whole_range_with_the_first_workers() -> None:
     # 16 jobs, 4 workers, only 2 pods running: they hold the first and the third quarter.
-    first_two = [assign_jobs(16, i, 4, "spread") for i in (0, 1)]
+    first_two = [assign_jobs(16, i, 4, "bit-reversed-blocks") for i in (0, 1)]
     assert first_two == [[0, 1, 2, 3], [8, 9, 10, 11]]
     assert [assign_jobs(16, i, 4, "contiguous") for i in (0, 1)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_interleaved_scatters_each_workers_jobs_along_the_list() -> None:
+    # The list in bit-reversed order (0 8 4 2 6 1 9 5 3 7), dealt round-robin: each
+    # worker's jobs lie far apart, and the workers running at once read far apart too.
+    shares = [assign_jobs(10, i, 3, "interleaved") for i in range(3)]
+    assert shares == [[0, 2, 9, 7], [8, 6, 5], [4, 1, 3]]
+
+
+def test_the_old_name_spread_still_works_and_names_its_successors() -> None:
+    with pytest.warns(DeprecationWarning, match=r"'bit-reversed-blocks'.*'interleaved'"):
+        old = assign_jobs(16, 1, 4, "spread")
+    assert old == assign_jobs(16, 1, 4, "bit-reversed-blocks")
 
 
 def test_a_bad_index_or_assignment_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="out of range"):
         assign_jobs(4, 3, 3, "spread")
-    with pytest.raises(ConfigurationError, match="'round-robin'"):
+    with pytest.raises(ConfigurationError, match=r"'round-robin'.*'interleaved'"):
         assign_jobs(4, 0, 3, "round-robin")  # type: ignore[arg-type]
 
 
@@ -168,3 +181,49 @@ def test_a_job_list_built_by_a_callable_is_worker_0s_for_every_worker(
     repo = icechunk.Repository.open(storage)
     a = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
     assert list(a[:]) == [100 + r if 3 <= r < 8 else 0 for r in range(20)]
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A job that carries a worker-local path, as reformatters' ``tmp_store``."""
+
+    row: int
+    scratch: str
+
+    def process(self, primary_store: Any, replica_stores: Sequence[Any]) -> dict[str, Any]:
+        zarr.open_array(primary_store, path="a", mode="r+")[self.row] = 100 + self.row
+        return {"row": self.row, "scratch": self.scratch}
+
+
+def test_a_pinned_list_is_rebound_to_each_workers_own_values(tmp_path: Path) -> None:
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    final: list[Any] = []
+
+    def make(identity: WorkerIdentity) -> CooperativeJob:
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(tmp_path / "rv"),
+            primary=IcechunkTarget(name="primary", storage=storage),
+            environ={"ICECHUNK_COOP_SECRET": SECRET},
+        )
+
+    def prepare(stores: Stores, loop: Loop[Scratch, None]) -> None:
+        zarr.open_group(stores.primary, mode="a").create_array(
+            "a", shape=(6,), chunks=(1,), dtype="i4", fill_value=0
+        )
+
+    def run(job: CooperativeJob) -> WorkerOutcome:
+        me = job.identity.worker_index
+        return run_region_jobs(
+            job,
+            lambda job: [Scratch(row=r, scratch=f"/tmp/worker-{me}") for r in range(6)],
+            message="rebind",
+            assign="interleaved",
+            rebind=lambda j, worker: Scratch(row=j.row, scratch=f"/tmp/worker-{worker}"),
+            prepare=prepare,
+            finalize=lambda stores, loop, results: final.extend(results),
+        )
+
+    run_in_process(make, 3, run, job_name="rebind", job_uid="u")
+    owner = {p: w for w in range(3) for p in assign_jobs(6, w, 3, "interleaved")}
+    assert final == [{"row": r, "scratch": f"/tmp/worker-{owner[r]}"} for r in range(6)]

@@ -6,6 +6,11 @@ job list (the same on every worker), how to share it out, and hooks:
 
 - ``context(job, jobs)``: anything a hook needs (the template, say), computed
   once per worker, lazily, after the job's start is pinned;
+- ``rebind(region_job, worker_index)``: a job as this worker must run it.
+  A list pinned by worker 0 carries worker 0's values to every worker: a
+  local scratch path (reformatters' ``tmp_store``), a client, a pid. Return
+  the job with this worker's own (``job.model_copy(update={"tmp_store":
+  mine})``); applied to every job of the list when the worker's view is made;
 - ``prepare(stores, loop)``: worker 0, structural changes into the forks;
   then, where the region jobs say where they write (``region``,
   ``append_dim``, ``data_vars``), jobs of two workers sharing a chunk or
@@ -17,15 +22,17 @@ job list (the same on every worker), how to share it out, and hooks:
 
 The job list and the context are handed to every hook through one
 :class:`Loop` value, so a restarted last worker that skips its own work (its
-result is already pinned) still has them.
+result is already pinned) still has them. ``Loop`` is generic in the job and
+context types, so hooks typed for a pipeline's own classes need no casts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 
 import attrs
 import zarr.abc.store
@@ -35,6 +42,19 @@ from icechunk_coop._finalize import Message
 from icechunk_coop._regions import refuse_shared_blocks
 from icechunk_coop._targets import Stores
 from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
+
+if TYPE_CHECKING:
+    # Defaults (PEP 696) keep a bare ``Loop`` meaning ``Loop[Any, Any]``; at run
+    # time plain TypeVars do (generics are erased).
+    from typing_extensions import TypeVar
+
+    LoopJobT = TypeVar("LoopJobT", covariant=True, default=Any)
+    LoopContextT = TypeVar("LoopContextT", covariant=True, default=Any)
+else:
+    from typing import TypeVar
+
+    LoopJobT = TypeVar("LoopJobT", covariant=True)
+    LoopContextT = TypeVar("LoopContextT", covariant=True)
 
 __all__ = ["Assignment", "Loop", "RegionJobLike", "assign_jobs", "run_region_jobs"]
 
@@ -49,7 +69,14 @@ class RegionJobLike(Protocol):
     def process(self, primary_store: Store, replica_stores: Sequence[Store]) -> Any: ...
 
 
-Assignment = Literal["contiguous", "spread"] | Callable[[int, int, int], Sequence[int]]
+#: How a job list is shared out: a name, or ``(n_jobs, worker_index, workers_total)
+#: -> positions``. ``"spread"`` is the old name of ``"bit-reversed-blocks"``.
+Assignment = (
+    Literal["contiguous", "interleaved", "bit-reversed-blocks", "spread"]
+    | Callable[[int, int, int], Sequence[int]]
+)
+_NAMES = ("contiguous", "interleaved", "bit-reversed-blocks")
+_RENAMED = {"spread": "bit-reversed-blocks"}
 
 
 def _bit_reversed(n: int) -> list[int]:
@@ -58,43 +85,73 @@ def _bit_reversed(n: int) -> list[int]:
     return [r for i in range(1 << bits) if (r := int(f"{i:0{bits}b}"[::-1], 2)) < n]
 
 
+def _current_name(how: Assignment, *, stacklevel: int) -> Assignment:
+    """``how`` under its current name; an old name still works, with a warning."""
+    if isinstance(how, str) and how in _RENAMED:
+        new = _RENAMED[how]
+        warnings.warn(
+            f"assign={how!r} is deprecated and will be removed in the next release: "
+            f"it is assign={new!r} (each worker one contiguous block, the blocks handed "
+            "out in bit-reversed order). For each worker's jobs scattered along the "
+            "append dimension (reformatters' 'spread'), use assign='interleaved'",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+        return new  # type: ignore[return-value]  # one of the names, by construction
+    return how
+
+
 def assign_jobs(n_jobs: int, worker_index: int, workers_total: int, how: Assignment) -> list[int]:
-    """Which positions of the job list are this worker's.
+    """Which positions of the job list are this worker's, in the order it runs them.
 
     ``contiguous``: balanced slices in order (sizes differ by at most one).
-    ``spread``: the same slices, handed out in bit-reversed order of the worker
-    index, so that when fewer pods run than there are workers (parallelism <
-    completions; the lowest indexes start first) the ones running cover the
-    whole append dimension instead of its first stretch. A callable gets
-    ``(n_jobs, worker_index, workers_total)`` and returns positions.
+    ``bit-reversed-blocks``: the same slices, handed out in bit-reversed order
+    of the worker index, so that when fewer pods run than there are workers
+    (parallelism < completions; the lowest indexes start first) the ones
+    running cover the whole append dimension instead of its first stretch;
+    each worker still holds one stretch.
+    ``interleaved``: the list in bit-reversed order, dealt out round-robin:
+    each worker's jobs are scattered over the whole append dimension, so
+    workers running at once read source files far apart (no hot prefix).
+    This is reformatters' ``worker_assignment = "spread"``.
+    A callable gets ``(n_jobs, worker_index, workers_total)`` and returns positions.
     """
     if not 0 <= worker_index < workers_total:
         raise ConfigurationError(
             f"worker_index={worker_index} is out of range for workers_total={workers_total}"
         )
+    how = _current_name(how, stacklevel=2)
     if callable(how):
         return list(how(n_jobs, worker_index, workers_total))
-    if how not in ("contiguous", "spread"):
-        raise ConfigurationError(f"assignment {how!r}: use 'contiguous', 'spread' or a callable")
-    part = _bit_reversed(workers_total)[worker_index] if how == "spread" else worker_index
+    if how not in _NAMES:
+        names = ", ".join(repr(n) for n in _NAMES)
+        raise ConfigurationError(f"assignment {how!r}: use one of {names}, or a callable")
+    if how == "interleaved":
+        return _bit_reversed(n_jobs)[worker_index::workers_total]
+    part = _bit_reversed(workers_total)[worker_index] if how != "contiguous" else worker_index
     return list(range(part * n_jobs // workers_total, (part + 1) * n_jobs // workers_total))
 
 
-@attrs.define(kw_only=True)
-class Loop:
-    """What every hook of one worker sees: the job, the whole job list, its share, the context."""
+@attrs.frozen(kw_only=True)
+class Loop(Generic[LoopJobT, LoopContextT]):  # noqa: UP046 - defaults need Python 3.13 syntax
+    """What every hook of one worker sees: the job, the whole job list, its share, the context.
+
+    ``jobs`` are this worker's (after ``rebind``); ``Loop[MyJob, MyTemplate]``
+    types ``jobs`` and ``context`` for hooks that want them typed.
+    """
 
     job: CooperativeJob
-    jobs: tuple[Any, ...]
+    jobs: tuple[LoopJobT, ...]
     mine: tuple[int, ...]
-    context: Any = None
+    context: LoopContextT
 
     @property
-    def my_jobs(self) -> list[Any]:
+    def my_jobs(self) -> list[LoopJobT]:
         return [self.jobs[i] for i in self.mine]
 
     def in_job_order(self, per_worker: Sequence[Sequence[Any]], how: Assignment) -> list[Any]:
         """Every worker's results (in index order) laid out in the order of the job list."""
+        how = _current_name(how, stacklevel=2)
         total = self.job.identity.workers_total
         ordered: list[Any] = [None] * len(self.jobs)
         for index, results in enumerate(per_worker):
@@ -109,16 +166,17 @@ def _default_process(region_job: Any, stores: Stores, loop: Loop) -> Any:
     return region_job.process(stores.primary, list(stores.replicas))
 
 
-def run_region_jobs(
+def run_region_jobs[JobT, ContextT, ResultT](
     job: CooperativeJob,
-    jobs: Sequence[Any] | Callable[[CooperativeJob], Sequence[Any]],
+    jobs: Sequence[JobT] | Callable[[CooperativeJob], Sequence[JobT]],
     *,
     message: Message,
-    assign: Assignment = "spread",
-    context: Callable[[CooperativeJob, Sequence[Any]], Any] | None = None,
-    prepare: Callable[[Stores, Loop], None] | None = None,
-    process: Callable[[Any, Stores, Loop], Any] = _default_process,
-    finalize: Callable[[Stores, Loop, list[Any]], None] | None = None,
+    assign: Assignment = "bit-reversed-blocks",
+    context: Callable[[CooperativeJob, Sequence[JobT]], ContextT] | None = None,
+    rebind: Callable[[JobT, int], JobT] | None = None,
+    prepare: Callable[[Stores, Loop[JobT, ContextT]], None] | None = None,
+    process: Callable[[JobT, Stores, Loop[JobT, ContextT]], ResultT] = _default_process,
+    finalize: Callable[[Stores, Loop[JobT, ContextT], list[ResultT]], None] | None = None,
 ) -> WorkerOutcome:
     """Run this worker's share of ``jobs`` as one cooperative job; the last one commits.
 
@@ -128,24 +186,31 @@ def run_region_jobs(
     :attr:`CooperativeJob.decision`): every other worker, and any restart,
     takes that list. So the list may depend on the dataset as it is now (an
     update resuming from the last time step present) or on the clock, and
-    still be the same everywhere.
+    still be the same everywhere. What a pinned job holds that is worker 0's
+    alone (a local path) is for ``rebind`` to replace.
+
+    Without ``context`` every hook's ``loop.context`` is None.
     """
     me = job.identity
-    cell: list[Loop] = []
+    assign = _current_name(assign, stacklevel=2)
+    cell: list[Loop[JobT, ContextT]] = []
 
-    def loop(every: tuple[Any, ...] | None = None) -> Loop:
+    def loop(every: tuple[JobT, ...] | None = None) -> Loop[JobT, ContextT]:
         if not cell:
             if every is None:
                 pinned = job.decision if callable(jobs) else None
                 every = tuple(pinned if pinned is not None else jobs(job) if callable(jobs)
                               else jobs)  # fmt: skip
+            if rebind is not None:
+                every = tuple(rebind(j, me.worker_index) for j in every)
             mine = tuple(assign_jobs(len(every), me.worker_index, me.workers_total, assign))
             made = context(job, every) if context is not None else None
-            cell.append(Loop(job=job, jobs=every, mine=mine, context=made))
+            cell.append(Loop(job=job, jobs=every, mine=mine, context=made))  # type: ignore[arg-type]
         return cell[0]
 
-    def prepare_all(stores: Stores) -> tuple[Any, ...] | None:
-        state = loop(tuple(jobs(job)) if callable(jobs) else None)
+    def prepare_all(stores: Stores) -> tuple[JobT, ...] | None:
+        decided = tuple(jobs(job)) if callable(jobs) else None
+        state = loop(decided)
         if prepare is not None:
             prepare(stores, state)
         n, total = len(state.jobs), me.workers_total
@@ -156,9 +221,9 @@ def run_region_jobs(
             worker_of=lambda p: owner.get(p, -1 - p),
             store=stores.primary,
         )
-        return state.jobs if callable(jobs) else None
+        return decided  # pinned as the callable returned it, before any rebind
 
-    def work(stores: Stores) -> list[Any]:
+    def work(stores: Stores) -> list[ResultT]:
         state = loop()
         mine = state.my_jobs
         total = len(state.jobs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 import icechunk
@@ -17,6 +17,18 @@ import zarr.abc.store
 from icechunk_coop._errors import ConfigurationError
 from icechunk_coop._locations import normalise_url
 from icechunk_coop._storage import icechunk_storage
+
+if TYPE_CHECKING:
+    # A default (PEP 696) keeps a bare ``Stores`` meaning ``Stores[Store]`` for a
+    # strict type checker; at run time a plain TypeVar does (generics are erased).
+    from typing_extensions import TypeVar
+
+    StoreT = TypeVar("StoreT", bound=zarr.abc.store.Store, covariant=True,
+                     default=zarr.abc.store.Store)  # fmt: skip
+else:
+    from typing import TypeVar
+
+    StoreT = TypeVar("StoreT", bound=zarr.abc.store.Store, covariant=True)
 
 __all__ = ["IcechunkTarget", "Stores", "ZarrTarget"]
 
@@ -94,12 +106,19 @@ Target = IcechunkTarget | ZarrTarget
 
 
 @attrs.frozen(kw_only=True)
-class Stores:
-    """The zarr stores a worker writes into: the primary and the replicas, in order."""
+class Stores(Generic[StoreT]):  # noqa: UP046 - a default needs Python 3.13 syntax
+    """The zarr stores a worker writes into: the primary and the replicas, in order.
 
-    primary: zarr.abc.store.Store
-    replicas: tuple[zarr.abc.store.Store, ...] = ()
+    Generic in the kind of store so that code which knows more than
+    ``zarr.abc.store.Store`` (a hook typed for its own store class) needs no
+    cast; a bare ``Stores`` is ``Stores[zarr.abc.store.Store]``. What the
+    package hands to hooks are zarr stores: an Icechunk session's store, or
+    wrappers of it (see :mod:`icechunk_coop._overlap`), never anything else.
+    """
+
+    primary: StoreT
+    replicas: tuple[StoreT, ...] = ()
 
     @property
-    def all(self) -> tuple[zarr.abc.store.Store, ...]:
+    def all(self) -> tuple[StoreT, ...]:
         return (self.primary, *self.replicas)
