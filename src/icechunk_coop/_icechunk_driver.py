@@ -123,9 +123,7 @@ class _Merge:
         # twin finalizer that committed after this read makes ours fail (and
         # the next attempt find its commit) instead of landing twice.
         self.tip = self.repo.lookup_branch(self.target.branch)
-        return find_job_commit(
-            self.repo, self.tip, self.job_id, self.base, start=self.run_start
-        )
+        return find_job_commit(self.repo, self.tip, self.job_id, self.base, start=self.run_start)
 
     def rebase(self, *, committed: Sequence[str]) -> None:
         assert self.tip is not None, "landed() reads the tip first"
