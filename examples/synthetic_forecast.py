@@ -14,11 +14,15 @@ The dataset: init_time (the append dimension, every 6 hours from
 variables, one chunk per init time and variable. A region job is one init
 time: it "downloads" its source (``--source-latency`` seconds of simulated
 waiting) and computes deterministic values, so any number of workers produce
-the same arrays. A forecast's source is published 4 hours after its init
-time; an update at ``job_start`` resumes from the last init time present (however
-long ago), grows init_time to the latest init time not after ``job_start`` and
-trims back to the last one whose source it found. Its job list is read from
-the dataset once, by worker 0, and pinned for every worker.
+the same arrays. The latency is the worker's, not the job's: the job list is
+pinned in the setup, so a resumed run (``icechunk-coop run-local --resume``)
+processes the same jobs at its own workers' speed.
+
+A forecast's source is published 4 hours after its init time; an update at
+``job_start`` resumes from the last init time present (however long ago),
+grows init_time to the latest init time not after ``job_start`` and trims
+back to the last one whose source it found. Its job list is read from the
+dataset once, by worker 0, and pinned for every worker.
 """
 
 from __future__ import annotations
@@ -63,6 +67,24 @@ UPDATE_LOOKBACK = 4  # an update reprocesses the last few init times as sources 
 
 log = logging.getLogger("synthetic_forecast")
 
+
+@attrs.define
+class Source:
+    """Where this worker "downloads" from: set by ``--source-latency``, never pinned.
+
+    Region jobs travel in the setup for every worker and every later run of
+    the job; how slow a download is belongs to the process doing it, so it
+    is kept here rather than in the job.
+    """
+
+    latency: float = 0.0
+
+    def download(self) -> None:
+        time.sleep(self.latency)
+
+
+SOURCE = Source()
+
 # Bad input, a refused blob, a conflict: running this pod again cannot help. The
 # same code as argparse's usage errors, so one podFailurePolicy rule (FailIndex on
 # exit code 2) covers both; everything else exits 1 and is retried.
@@ -99,14 +121,13 @@ class ForecastRegionJob(RegionJob):
 
     index: int
     now: datetime  # the job's start: decides what the source has published
-    source_latency: float = 0.0
 
     def __str__(self) -> str:
         return f"init {init_time(self.index):%Y-%m-%dT%HZ}"
 
     def process(self, primary_store: Store, replica_stores: Sequence[Store]) -> Any:
         init = init_time(self.index)
-        time.sleep(self.source_latency)  # the simulated download
+        SOURCE.download()  # at this worker's speed, whoever built the job list
         if init + PUBLICATION_DELAY > self.now:
             return {"index": self.index, "found": False}
         # Imported here, not at the top: xarray and pandas cost a worker about two
@@ -137,7 +158,7 @@ class ForecastRegionJob(RegionJob):
     def get_jobs(cls, dataset: Any, *, end: datetime) -> Sequence[ForecastRegionJob]:
         # A backfill's "now" is its end: everything before it is published.
         return [
-            cls(index=i, now=end + PUBLICATION_DELAY, source_latency=dataset.source_latency)
+            cls(index=i, now=end + PUBLICATION_DELAY)
             for i in range(init_index(end - INIT_STEP) + 1)
         ]
 
@@ -149,10 +170,7 @@ class ForecastRegionJob(RegionJob):
         # before it again, as late sources fill in. Read once, on worker 0.
         last, present = init_index(job_start), dataset.present_length()
         first = max(0, min(present, last - UPDATE_LOOKBACK + 1))
-        return [
-            cls(index=i, now=job_start, source_latency=dataset.source_latency)
-            for i in range(first, last + 1)
-        ]
+        return [cls(index=i, now=job_start) for i in range(first, last + 1)]
 
 
 @attrs.frozen(kw_only=True)
@@ -165,7 +183,6 @@ class SyntheticForecast(DynamicalDataset):
     repo_url: str
     replica_urls: Sequence[str] = ()
     zarr_replica_urls: Sequence[str] = ()
-    source_latency: float = 0.0
 
     def primary(self) -> IcechunkTarget:
         return IcechunkTarget(name="primary", storage=icechunk_storage(self.repo_url))
@@ -291,7 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--rendezvous", required=True, help="rendezvous URL")
         p.add_argument("--replica", action="append", default=[], help="Icechunk replica URL")
         p.add_argument("--zarr-replica", action="append", default=[], help="zarr v3 store URL")
-        p.add_argument("--source-latency", type=float, default=0.0, metavar="SECONDS")
+        p.add_argument(
+            "--source-latency",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="how long each of this worker's downloads takes (not pinned: a resumed "
+            "run goes at its own speed)",
+        )
         p.add_argument(
             "--deadline",
             type=int,
@@ -327,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo_url=args.repo,
         replica_urls=args.replica,
         zarr_replica_urls=args.zarr_replica,
-        source_latency=args.source_latency,
     )
+    SOURCE.latency = args.source_latency
     try:
         identity = WorkerIdentity.from_env()
         if args.mode == "backfill":

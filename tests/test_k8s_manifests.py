@@ -600,7 +600,7 @@ def test_clusters_before_1_27_are_refused_by_name() -> None:
 
 
 def test_a_job_created_by_hand_from_the_cronjob() -> None:
-    """``kubectl create job --from=cronjob/NAME JOB``: no start, or the README's two ways."""
+    """``kubectl create job --from=cronjob/NAME JOB``: no start, or the two ways the docs show."""
     cron = update_cronjob()
     spec, name = cron["spec"]["jobTemplate"]["spec"], cron["metadata"]["name"]
     env = pod_env(spec, job_name="manual-update", index=0)
@@ -719,17 +719,17 @@ def test_the_examples_deadline_option_wins_over_the_environment(
     assert policy_for_environment(policy, env) is policy
 
 
-def readme_job_spec() -> dict[str, Any]:
-    """The Job spec the README's Kubernetes section shows."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Running on Kubernetes") :]
+def docs_job_spec() -> dict[str, Any]:
+    """The Job spec the docs' Kubernetes page shows (docs/how-to/kubernetes.md)."""
+    text = (ROOT / "docs" / "how-to" / "kubernetes.md").read_text()
+    section = text[text.index("## Every field of the Job spec the protocol depends on") :]
     block = section[section.index("```yaml") + len("```yaml") : section.index("```\n", 8)]
     return dict(yaml.safe_load(block)["spec"])
 
 
-def test_the_readme_shows_every_field_the_protocol_depends_on() -> None:
-    """Copied as shown, the README's snippet must not let two pods of an index run at once."""
-    shown = readme_job_spec()
+def test_the_docs_show_every_field_the_protocol_depends_on() -> None:
+    """Copied as shown, the docs' snippet must not let two pods of an index run at once."""
+    shown = docs_job_spec()
     full = backfill_job()["spec"]
     for key in (
         "completionMode",

@@ -7,7 +7,13 @@ switch it reads is ``NO_COLOR`` (https://no-color.org), at that import, so
 this module must run before anything imports icechunk: ``icechunk_coop``
 imports it first. A terminal keeps its colours; ``NO_COLOR`` already set
 (to anything) is left alone, and so is a process that imported icechunk
-before us (too late to change, and not ours to decide).
+before us (too late to change: icechunk's logging cannot be set up twice).
+
+That last case is common: ruff and isort sort ``import icechunk`` before
+``import icechunk_coop``. Such a worker gets plain lines only from its
+environment, so ``run-local`` and ``testing.start_workers`` set
+``NO_COLOR=1`` for the workers whose output they pipe, and the docs ("Container
+images") say to set it in a container's env (``tests/test_plain_logs.py``).
 """
 
 from __future__ import annotations

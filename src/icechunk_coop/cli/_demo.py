@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -20,15 +21,28 @@ __all__ = ["cmd_demo", "demo"]
 
 
 def _example_script() -> Path:
+    """The example's worker script: inside an installed wheel, else in the clone."""
     here = Path(__file__).resolve()
+    packaged = here.parents[1] / "examples" / "synthetic_forecast.py"
+    if packaged.exists():
+        return packaged
     for parent in here.parents:
         candidate = parent / "examples" / "synthetic_forecast.py"
         if candidate.exists():
             return candidate
     raise ConfigurationError(
-        "the demo runs examples/synthetic_forecast.py from a clone of the repository; "
-        "it was not found above " + str(here)
+        "the demo runs examples/synthetic_forecast.py, which the wheel ships and a clone of "
+        "the repository holds; it was not found above " + str(here)
     )
+
+
+def _require_xarray() -> None:
+    """The example writes its region jobs with xarray: say so before any worker starts."""
+    if importlib.util.find_spec("xarray") is None:
+        raise ConfigurationError(
+            "the demo's example dataset needs xarray, which is not installed: "
+            "pip install 'icechunk-coop[demo]' (or uv add 'icechunk-coop[demo]')"
+        )
 
 
 def _demo_phase(
@@ -69,6 +83,7 @@ def demo(directory: Path, workers: int, *, log_level: str | None = None) -> int:
     """Backfill, then update, the example dataset with local workers; report."""
     icechunk.set_logs_filter("error")  # local files warn about concurrency we do not do
     script = _example_script()
+    _require_xarray()
     directory.mkdir(parents=True, exist_ok=True)
     repo, replica = directory / "forecast.icechunk", directory / "replica.icechunk"
     rendezvous = directory / "rendezvous"

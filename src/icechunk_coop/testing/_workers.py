@@ -72,10 +72,13 @@ def start_workers(
     ``env`` is the base environment (default: this process's); ``extra_env``
     adds variables per index (e.g. ``{2: {CRASH_ENV: "between-commits"}}``).
     Output (stdout and stderr together) is piped; read it with
-    ``proc.communicate()``.
+    ``proc.communicate()``. ``NO_COLOR=1`` is set unless ``env`` says
+    otherwise, so icechunk's log lines arrive without colour codes even from
+    a worker that imports ``icechunk`` before ``icechunk_coop``.
     """
     base = dict(os.environ if env is None else env)
     base.pop("WORKER_INDEX", None)  # explicit variables would win over the indexed job's
+    base.setdefault("NO_COLOR", "1")  # the output is a pipe: no colour codes from icechunk
     procs: dict[int, subprocess.Popen[str]] = {}
     for index in range(total) if indexes is None else indexes:
         child = {
