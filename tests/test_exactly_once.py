@@ -9,6 +9,7 @@ OOM-killed); the end-to-end versions with real processes are in
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,15 @@ def test_a_restarted_finalizer_commits_the_pinned_results_to_the_rest(tmp_path: 
 
 
 def empty(job: CooperativeJob) -> WorkerOutcome:
-    # Writes nothing: a rebase over a twin's commit would be clean, so only the
-    # compare-and-set stands between a duplicate and a second commit.
-    return job.run(work=lambda stores: None, message="eo")
+    # Workers write nothing; the finalizer adds an array under a name of its own, so a
+    # rebase over a twin's commit would be clean and only the compare-and-set stands
+    # between a duplicate and a second commit. (A job that changes nothing at all
+    # commits nothing: see test_a_job_that_changes_nothing_commits_no_snapshot.)
+    def finalize(stores: Stores, results: list[Any]) -> None:
+        name = f"f{uuid.uuid4().hex[:8]}"
+        zarr.open_group(stores.primary, mode="a").create_array(name, shape=(1,), dtype="i4")
+
+    return job.run(work=lambda stores: None, message="eo", finalize=finalize)
 
 
 def test_a_duplicate_finalizer_never_commits_twice(tmp_path: Path) -> None:
@@ -216,10 +223,15 @@ def test_a_job_that_conflicts_for_good_leaves_no_branch_of_a_killed_attempt(
     change overlapping the job's, so every restart fails with a conflict and none reaches
     a cleanup: the failing one deletes the dead attempt's branch."""
     run(make(tmp_path, 0))
+    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
+    # main moves first (an unrelated array), so the finalizer merges on a temporary
+    # branch at the job's base, not on main itself.
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").create_array("unrelated", shape=(3,), dtype="i4")
+    session.commit("another writer, elsewhere")
     with at_crash_point("mid-merge"), pytest.raises(Killed):
         run(make(tmp_path, 1))
     assert len(temporary_branches(tmp_path)) == 1
-    repo = icechunk.Repository.open(storage(tmp_path, "repo"))
     session = repo.writable_session("main")
     zarr.open_group(session.store, mode="a").create_array("a", shape=(3,), dtype="i4")
     session.commit("another writer creates the same array")

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import icechunk
 import pytest
+import zarr
 
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
     MissingLocationError,
     StorageUnreachableError,
+    Stores,
     WorkerFailedError,
     WorkerIdentity,
     _icechunk_driver,
@@ -109,13 +111,19 @@ def test_a_repository_whose_creator_was_killed_is_refused_naming_what_is_left(
     assert not icechunk.Repository.exists(storage), "nothing may be created over the leftovers"
 
 
+def _touch(stores: Stores) -> None:
+    """A change (a job that changes nothing commits no snapshot)."""
+    zarr.create_array(stores.primary, name="a", shape=(1,), dtype="i1")
+
+
 def test_a_twin_finishing_the_repository_within_the_grace_is_used(tmp_path: Path) -> None:
     storage, last = _half_created(tmp_path / "repo")
     # A live twin of worker 0 writes the last object of its create a second from now.
     finished = threading.Timer(1.0, (tmp_path / "repo" / "repo").write_bytes, [last])
     finished.start()
     outcomes = run_in_process(_backfill(storage, tmp_path / "rv"), 2, lambda job: job.run(
-        work=lambda stores: None, message="m"))  # fmt: skip
+        work=_touch if job.identity.worker_index == 0 else (lambda stores: None),
+        message="m"))  # fmt: skip
     finished.join()
     assert [o.status for o in outcomes] == ["published", "committed"]
     assert len(job_commits(icechunk.Repository.open(storage), "test-uid")) == 1

@@ -189,3 +189,14 @@ def test_a_bad_deadline_variable_stops_the_job_as_it_is_created() -> None:
             policy=None,
             environ={DEADLINE_ENV: "4h"},
         )
+
+
+def test_a_crowd_of_waiters_spreads_its_first_polls_and_keeps_the_settled_pace() -> None:
+    policy = WaitPolicy()
+    assert policy.for_crowd(1) is policy and policy.for_crowd(16) is policy
+    crowd = policy.for_crowd(63)  # 64 workers: 63 wait for the setup
+    assert crowd.initial_interval == 4 * policy.initial_interval
+    assert crowd.max_interval == policy.max_interval and crowd.timeout == policy.timeout
+    assert policy.for_crowd(100_000).initial_interval == policy.max_interval  # capped
+    fast = pauses({}, polls=2)
+    assert fast[0] <= 0.05  # alone or in a small job, the first pause is tens of ms

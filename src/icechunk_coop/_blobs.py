@@ -37,6 +37,8 @@ from icechunk_coop._locations import TMP_MARK, check_name, filesystem, protocol_
 __all__ = ["BlobStore", "RequestCounter"]
 
 _MEMORY_LOCK = threading.Lock()
+#: The rendezvous's S3 client settings when the caller gives none (see ``_locations``).
+_S3_CONFIG = {"retries": {"total_max_attempts": 10, "mode": "standard"}}
 #: How many GETs of one batch read run at once.
 FETCH_CONCURRENCY = 32
 
@@ -100,11 +102,39 @@ class BlobStore:
     requests: RequestCounter = attrs.field(factory=RequestCounter, eq=False, repr=False)
     _fs: fsspec.AbstractFileSystem = attrs.field(init=False, eq=False, repr=False)
     _root: str = attrs.field(init=False, eq=False, repr=False)
+    #: check_reachable's own client (few retries, short timeouts), built once.
+    _probes: list[fsspec.AbstractFileSystem] = attrs.field(factory=list, init=False, eq=False,
+                                                           repr=False)  # fmt: skip
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        fs, root = filesystem(self.url, self.storage_options)
+        options = dict(self.storage_options)
+        if protocol_of(self.url) in {"s3", "s3a"}:
+            # A batch read (get_many) sends FETCH_CONCURRENCY GETs at once: the
+            # connection pool must hold them all (botocore's default is 10), or
+            # 32 reads cost four round trips instead of one.
+            config = dict(options.get("config_kwargs") or _S3_CONFIG)
+            config.setdefault("max_pool_connections", FETCH_CONCURRENCY)
+            options["config_kwargs"] = config
+        fs, root = filesystem(self.url, options)
         object.__setattr__(self, "_fs", fs)
         object.__setattr__(self, "_root", root)
+
+    def connect(self) -> None:
+        """Build the storage clients now (no request is sent), so the first read does not.
+
+        Building a botocore client costs about 0.1-0.5 s of CPU; a job does it
+        while it is being built (``CooperativeJob``), not on its critical path.
+        """
+        if isinstance(self._fs, LocalFileSystem | MemoryFileSystem):
+            return
+        connect = getattr(self._fs, "connect", None)  # s3fs builds its client here
+        if callable(connect):
+            connect()
+        probe = self._probe()
+        connect = getattr(probe, "connect", None)
+        if callable(connect):
+            connect()
 
     def _path(self, name: str) -> str:
         return f"{self._root}/{check_name(name)}"
@@ -220,6 +250,24 @@ class BlobStore:
                     self._fs.rm(doomed)  # one bulk request on S3
         self._fresh(self._root)
 
+    def _probe(self) -> fsspec.AbstractFileSystem:
+        """A client of its own with few retries and short timeouts, built once.
+
+        A dead endpoint is then reported in seconds, not after the minute
+        botocore's ten attempts take.
+        """
+        with self._lock:
+            if not self._probes:
+                options = dict(self.storage_options)
+                if protocol_of(self.url) in {"s3", "s3a"}:
+                    options.setdefault(
+                        "config_kwargs",
+                        {"retries": {"total_max_attempts": 2, "mode": "standard"},
+                         "connect_timeout": 5, "read_timeout": 20},
+                    )  # fmt: skip
+                self._probes.append(filesystem(self.url, options)[0])
+            return self._probes[0]
+
     def check_reachable(self) -> None:
         """Refuse at once a meeting point whose bucket does not exist or cannot be reached.
 
@@ -231,16 +279,7 @@ class BlobStore:
             return
         bucket = self._root.split("/", 1)[0]
         self.requests.add("get")
-        # A probe of its own with few retries and short timeouts: a dead endpoint
-        # is reported in seconds, not after the minute botocore's ten attempts take.
-        probe_options = dict(self.storage_options)
-        if protocol_of(self.url) in {"s3", "s3a"}:
-            probe_options.setdefault(
-                "config_kwargs",
-                {"retries": {"total_max_attempts": 2, "mode": "standard"},
-                 "connect_timeout": 5, "read_timeout": 20},
-            )  # fmt: skip
-        probe, _ = filesystem(self.url, probe_options)
+        probe = self._probe()
         try:
             probe.info(bucket)
         except FileNotFoundError as exc:

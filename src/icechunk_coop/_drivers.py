@@ -9,7 +9,8 @@ The protocol never asks what a target is. It asks its driver to
   worker's overlap check;
 - ``merge`` every worker's fork on the last worker (``add`` folds in more
   as they arrive), then on that merge: ``landed`` (does the target already
-  hold this job? one read of the tip),
+  hold this job? one read of the tip, none for a lone Icechunk target whose
+  commit is a compare-and-set from the base),
   ``rebase`` over what landed since the base (conflicts are errors), and
   ``commit`` by compare-and-set;
 - ``find_commit`` of this job (exactly once) and ``cleanup`` afterwards.
@@ -40,11 +41,17 @@ Store = zarr.abc.store.Store
 
 
 class BranchMoved(Exception):  # noqa: N818 - a signal for the commit retry, never user-facing
-    """The target branch moved between the check and the compare-and-set."""
+    """The target branch moved between the check and the compare-and-set.
 
-    def __init__(self, target: str) -> None:
+    ``fast``: the attempt merged on the target branch itself (it was at the
+    job's base when the merge opened) and found it moved; the retry merges on
+    a temporary branch, and this miss does not count as an attempt.
+    """
+
+    def __init__(self, target: str, *, fast: bool = False) -> None:
         super().__init__(target)
         self.target = target
+        self.fast = fast
 
 
 class Staging(Protocol):
@@ -53,8 +60,12 @@ class Staging(Protocol):
     @property
     def store(self) -> Store: ...
 
+    def check(self) -> None:
+        """Raise ``AlreadyCommittedError`` if staging found the job done (waits for its scan)."""
+        ...
+
     def seal(self) -> TargetSetup:
-        """What every worker needs of this target, for the setup record."""
+        """What every worker needs of this target, for the setup record (checks first)."""
         ...
 
 
@@ -86,16 +97,23 @@ class Merge(Protocol):
         """Fold more results in (the finalizer merges each one as it arrives)."""
         ...
 
-    def landed(self) -> str | None:
-        """This job's commit if the target holds it already; else remember the tip."""
+    def landed(self, *, alone: bool = False) -> str | None:
+        """This job's commit if the target holds it already; else remember the tip.
+
+        ``alone``: this is the job's only target, so a merge whose commit is
+        itself a compare-and-set from the job's base may skip the read.
+        """
         ...
 
     def rebase(self, *, committed: Sequence[str]) -> None:
         """Carry the merge over whatever landed on the target since the job's base."""
         ...
 
-    def commit(self, message: str, provenance: Provenance) -> str:
-        """Move the target to the merge by compare-and-set; raise ``BranchMoved``."""
+    def commit(self, message: str, provenance: Provenance) -> str | None:
+        """Move the target to the merge by compare-and-set; raise ``BranchMoved``.
+
+        None when the merge changes nothing on the target: it is left as it is.
+        """
         ...
 
     def discard(self) -> None:

@@ -10,10 +10,11 @@ restarted or duplicated finalizer) is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -142,7 +143,48 @@ def _discard(merged: Merged | None) -> None:
         each(lambda m: m.discard(), list(merged.merges.values()))
 
 
-def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merged]:
+@attrs.frozen
+class Opening:
+    """The last worker's merges, being opened while it does its own work.
+
+    Opening a merge costs a few round trips (the target's refs, the base
+    snapshot, and a temporary branch when the target moved): done beside
+    ``work``, they are off the job's critical path.
+    """
+
+    _future: Future[dict[str, Merge]]
+
+    def result(self) -> dict[str, Merge]:
+        return self._future.result()
+
+    def discard(self) -> None:
+        """Drop the merges (best effort): the worker failed before it could use them."""
+        try:
+            merges = self._future.result()
+        except Exception:  # the opening failed: nothing was made
+            return
+        with contextlib.suppress(Exception):
+            each(lambda m: m.discard(), list(merges.values()))
+
+
+def open_merges(ctx: JobContext, setup: Setup) -> dict[str, Merge]:
+    """One merge per target, at the forks' base, worker 0's structural changes already in."""
+    opened = each(lambda d: d.merge(setup.targets[d.name], []), list(ctx.drivers))
+    return {d.name: m for d, m in zip(ctx.drivers, opened, strict=True)}
+
+
+def open_merges_ahead(ctx: JobContext, setup: Setup) -> Opening:
+    """Start :func:`open_merges` in a thread of its own; :func:`collect_and_merge` takes it."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icechunk-coop-merge")
+    try:
+        return Opening(pool.submit(open_merges, ctx, setup))
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+
+def collect_and_merge(
+    ctx: JobContext, setup: Setup, opening: Opening | None = None
+) -> tuple[list[Result], Merged]:
     """Wait for every worker's result, merging each one in as soon as it is read.
 
     The merge (one session per target, on a temporary branch at the forks'
@@ -151,7 +193,8 @@ def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merg
     once the last result lands only that one is left to read and merge: the
     time to collect N results no longer follows N after the last arrival.
     Nothing is pinned yet: :func:`pin_and_merge` keeps this merge only if the
-    plan it pins holds exactly these results.
+    plan it pins holds exactly these results. ``opening``: the merges, opened
+    already while this worker worked (:func:`open_merges_ahead`).
 
     Memory grows with N x chunks as before: the results are kept (the plan
     pins them whole), the merged session holds one reference per chunk
@@ -160,8 +203,7 @@ def collect_and_merge(ctx: JobContext, setup: Setup) -> tuple[list[Result], Merg
     """
     names = [result_name(i) for i in range(ctx.identity.workers_total)]
     index_of = {name: i for i, name in enumerate(names)}
-    opened = each(lambda d: d.merge(setup.targets[d.name], []), list(ctx.drivers))
-    merges = {d.name: m for d, m in zip(ctx.drivers, opened, strict=True)}
+    merges = open_merges(ctx, setup) if opening is None else opening.result()
 
     refuse_overlap = overlap_check(ctx)
 
@@ -282,14 +324,17 @@ def commit_once(
     """One attempt: check every target, finalize, then commit those that lack the job, in order.
 
     ``done`` is filled in as targets are found or committed, so that a caller
-    giving up can say which targets hold the job. When every target holds
+    giving up can say which targets hold the job. A target whose merge
+    changes nothing (no worker wrote to it, ``finalize`` left it alone) is
+    not committed at all and gets no entry. When every target holds
     the job already (a twin finished it, or this finalizer's earlier run died
     before its marker), nothing is finalized or committed:
     :class:`AlreadyCommittedError` says so, with the primary's snapshot.
     """
     done.clear()
     names = list(merged.merges)
-    landed = each(lambda name: merged.merges[name].landed(), names)
+    alone = len(names) == 1  # nothing else to check before it moves: its commit checks itself
+    landed = each(lambda name: merged.merges[name].landed(alone=alone), names)
     done.update({name: found for name, found in zip(names, landed, strict=True) if found})
     if done:
         log.info("%s: already committed: %s", ctx.where, ", ".join(done))
@@ -313,10 +358,13 @@ def commit_once(
         if n:
             _crash.reach("between-commits")
         try:
-            done[name] = merged.merges[name].commit(text, provenance)
+            snapshot = merged.merges[name].commit(text, provenance)
         except BranchMoved:
             log.warning("%s: %s moved while committing; trying again", ctx.where, name)
             raise
+        if snapshot is None:  # the merge changes nothing there: no empty snapshot
+            continue
+        done[name] = snapshot
         log.info("%s: committed %s as %s", ctx.where, name, done[name])
     _crash.reach("after-commit")
     return done
@@ -340,7 +388,7 @@ def commit(
     ``merged`` given serves the first attempt; ``finalized`` says whether
     ``finalize`` was applied to it already (the step API's caller does that).
     """
-    attempts = [0]
+    attempts, fast_misses = [0], [0]
     done: dict[str, str] = {}
 
     def attempt() -> dict[str, str]:
@@ -354,10 +402,12 @@ def commit(
                 ctx, current, message, done,
                 (lambda m: finalize(m.stores, m.results)) if run and finalize else None,
             )  # fmt: skip
-        except Exception:
+        except Exception as exc:
             # This attempt will not commit: its temporary branches go now, not
             # at a cleanup that a failed job never reaches.
             each(lambda m: m.discard(), list(current.merges.values()))
+            if isinstance(exc, BranchMoved) and exc.fast:
+                fast_misses[0] += 1
             raise
 
     def log_retry(state: tenacity.RetryCallState) -> None:
@@ -365,9 +415,15 @@ def commit(
         log.info("%s: commit attempt %d did not land (%s)", ctx.where, state.attempt_number,
                  summary(exc)[:200] if exc else "?")  # fmt: skip
 
+    def stop(state: tenacity.RetryCallState) -> bool:
+        counted = state.attempt_number - fast_misses[0]
+        return counted >= ctx.commit_attempts or state.attempt_number >= 2 * ctx.commit_attempts
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((BranchMoved, icechunk.RefNotFoundError)),
-        stop=tenacity.stop_after_attempt(ctx.commit_attempts),
+        # A merge on the target branch that found it moved is not an attempt
+        # that failed: the next merges beside it, as every attempt did before.
+        stop=stop,
         before_sleep=log_retry,
         wait=tenacity.wait_none(),
         reraise=True,

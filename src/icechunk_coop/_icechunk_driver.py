@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -72,15 +75,47 @@ def _written(session: icechunk.Session) -> dict[str, Any]:
 
 @attrs.frozen(kw_only=True)
 class _Staging:
+    """Worker 0's fork of the target, and the check that the job is not done already.
+
+    ``done`` is the scan of the target for this job's own commit, running
+    beside ``prepare`` (a read of the refs that needs nothing prepare does):
+    :meth:`seal` waits for it, so no setup is published for a job that
+    committed meanwhile.
+    """
+
     base: str
     prepared: icechunk.ForkSession = attrs.field(repr=False)
+    done: Future[str | None] | None = attrs.field(default=None, repr=False)
+    job_id: str = ""
 
     @property
     def store(self) -> Store:
         return self.prepared.store
 
+    def check(self) -> None:
+        found = self.done.result() if self.done is not None else None
+        if found is not None:
+            # A twin of this worker finished the whole job after our first look.
+            raise AlreadyCommittedError(job=self.job_id, snapshot=found)
+
     def seal(self) -> TargetSetup:
+        self.check()
+        # Workers write into forks of a snapshot holding worker 0's changes (an
+        # anonymous one, written here when there are changes), never into copies
+        # of ``prepared`` itself: a copy would carry worker 0's chunk writes and
+        # deletions to every worker, and a copy merged after another worker's
+        # would put them back over that worker's chunks, silently.
         return IcechunkSetup(base=self.base, prepared=self.prepared, fork=self.prepared.fork())
+
+
+def _private_copy(fork: icechunk.ForkSession) -> icechunk.ForkSession:
+    """A fork of one's own to write into, with nothing written to storage.
+
+    ``fork`` holds no changes (the setup's fork of worker 0's snapshot), so a
+    pickled copy is the same as ``fork.fork()`` without its round trips.
+    """
+    copy: icechunk.ForkSession = pickle.loads(pickle.dumps(fork))
+    return copy
 
 
 @attrs.frozen(kw_only=True)
@@ -97,6 +132,25 @@ class _Fork:
 
 @attrs.define(kw_only=True)
 class _Merge:
+    """Every fork merged in a session based on the job's base S0, not committed yet.
+
+    Two ways, one invariant (the merge's base is S0, RESEARCH.md's trap):
+
+    - **on the target** (``on_target``): when the target branch still points
+      at S0 as the merge opens (the usual case), the session is opened on the
+      target branch itself. Its commit is icechunk's compare-and-set of that
+      branch from S0: it lands only if nothing, this job's commit included,
+      landed since. One ref update, no temporary branch to create, reset or
+      delete.
+    - **on a temporary branch** created at S0, when the target has moved:
+      reset to the tip that ``landed`` checked, rebased with conflict
+      detection, and the target moved by ``reset_branch`` from that tip.
+
+    A target that moves under an on-target merge makes its commit raise
+    :class:`BranchMoved` (``fast=True``), and the retry merges again on a
+    temporary branch.
+    """
+
     target: IcechunkTarget
     job_id: str
     base: str
@@ -105,6 +159,7 @@ class _Merge:
     session: icechunk.Session = attrs.field(repr=False)
     run_start: str | None = None
     tip: str | None = None
+    on_target: bool = False
 
     @property
     def store(self) -> Store:
@@ -117,18 +172,30 @@ class _Merge:
         if present:
             self.session.merge(*present)
 
-    def landed(self) -> str | None:
+    def landed(self, *, alone: bool = False) -> str | None:
+        if self.on_target and alone:
+            # The only target, merged on the branch itself at S0: the commit's
+            # compare-and-set from S0 is the check (the job's commit, if any,
+            # would sit above S0), so no read is needed before it.
+            self.tip = self.base
+            return None
         # The check and the tip come from one read of the branch: the
         # compare-and-set later moves the branch only from that very tip, so a
         # twin finalizer that committed after this read makes ours fail (and
         # the next attempt find its commit) instead of landing twice.
         self.tip = self.repo.lookup_branch(self.target.branch)
+        if self.tip == self.base:
+            return None  # nothing above the base; the base is never the job's own commit
         return find_job_commit(self.repo, self.tip, self.job_id, self.base, start=self.run_start)
 
     def rebase(self, *, committed: Sequence[str]) -> None:
         assert self.tip is not None, "landed() reads the tip first"
         if self.tip == self.base:
             return
+        if self.on_target:
+            # A session on the target itself would rebase onto whatever tip it
+            # reads then, unchecked: merge again on a temporary branch instead.
+            raise BranchMoved(self.target.name, fast=True)
         log.info("job %r: %s moved since setup; rebasing", self.job_id, self.target.name)
         self.repo.reset_branch(self.branch, self.tip)
         try:
@@ -141,19 +208,34 @@ class _Merge:
                 committed=sorted(committed),
             ) from exc
 
-    def commit(self, message: str, provenance: Provenance) -> str:
+    def commit(self, message: str, provenance: Provenance) -> str | None:
         assert self.tip is not None, "landed() reads the tip first"
+        if not self.session.has_uncommitted_changes:
+            # No worker wrote anything and finalize changed nothing: an empty
+            # snapshot would only add noise to the history (and tell readers
+            # that data arrived). The target stays as it is.
+            log.info("job %r: nothing to commit on %s", self.job_id, self.target.name)
+            return None
         metadata = provenance.metadata(
             target=self.target.name, base=self.base, written=_written(self.session)
         )
+        if self.on_target:
+            # Atomic: icechunk moves the branch from S0 by compare-and-set.
+            try:
+                return str(self.session.commit(message, metadata=metadata, allow_empty=True))
+            except icechunk.ConflictError as exc:
+                raise BranchMoved(self.target.name, fast=True) from exc
         snapshot = self.session.commit(message, metadata=metadata, allow_empty=True)
         try:
+            # Atomic: the target moves only from the tip ``landed`` checked.
             self.repo.reset_branch(self.target.branch, snapshot, from_snapshot_id=self.tip)
         except icechunk.ConflictError as exc:
             raise BranchMoved(self.target.name) from exc
         return snapshot
 
     def discard(self) -> None:
+        if self.on_target:
+            return  # nothing was made beside the target
         try:
             self.repo.delete_branch(self.branch)
         except icechunk.IcechunkError as exc:  # a twin's cleanup deleted it first: fine
@@ -177,6 +259,8 @@ class IcechunkDriver:
     #: This run's job start, for a job known by its name alone (see ``find_job_snapshot``).
     run_start: str | None = None
     _opened: list[icechunk.Repository] = attrs.field(factory=list, init=False, eq=False, repr=False)
+    #: Opening happens once, whichever thread comes first (warming up, the start's scan).
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, eq=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -187,6 +271,10 @@ class IcechunkDriver:
         return True
 
     def _open(self, *, create: bool) -> icechunk.Repository:
+        with self._lock:
+            return self._open_once(create=create)
+
+    def _open_once(self, *, create: bool) -> icechunk.Repository:
         if self._opened:
             return self._opened[0]
         try:
@@ -267,14 +355,21 @@ class IcechunkDriver:
         # session read, so nothing can slip in between reading S0 and forking.
         # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
         session = repo.writable_session(self.target.branch)
-        found = find_job_snapshot(
-            repo, session.snapshot_id, self.job_id, None, self.scan, self.run_start
-        )
-        if found is not None and primary:
+        base = session.snapshot_id
+        if primary:
             # A twin of this worker may have finished the whole job after our
             # first look: a base read now would sit above the job's commit, and
-            # every later check scans only down to the base.
-            raise AlreadyCommittedError(job=self.job_id, snapshot=str(found.id))
+            # every later check scans only down to the base. The scan runs
+            # while worker 0 prepares; the setup is sealed only once it is clear.
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icechunk-coop-scan")
+            try:
+                done = pool.submit(
+                    find_job_commit, repo, base, self.job_id, None, self.scan, self.run_start
+                )
+            finally:
+                pool.shutdown(wait=False)
+            return _Staging(base=base, prepared=session.fork(), done=done, job_id=self.job_id)
+        found = find_job_snapshot(repo, base, self.job_id, None, self.scan, self.run_start)
         if found is not None and found.parent_id is not None:
             # This replica holds the job from an attempt whose setup is gone (a
             # one-worker job restarted between targets): stage at the job's own
@@ -296,7 +391,7 @@ class IcechunkDriver:
 
     def fork(self, state: TargetSetup) -> _Fork:
         # A private copy: the setup record may be shared within a process.
-        session = self._own(state).fork.fork()
+        session = _private_copy(self._own(state).fork)
         return _Fork(session=session, store=RecordingStore(session.store))
 
     def changes(
@@ -309,12 +404,16 @@ class IcechunkDriver:
     def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
         own = self._own(state)
         repo = self._open(create=False)
-        branch = attempt_branch(self.job_id)
-        # Named in the log: a pod killed while holding it leaves it for `clean`,
-        # and the log says whose it was.
-        log.info("job %r: merging %s on %s", self.job_id, self.name, branch)
-        repo.create_branch(branch, own.base)
-        session = repo.writable_session(branch)
+        session = repo.writable_session(self.target.branch)
+        on_target = session.snapshot_id == own.base
+        branch = self.target.branch
+        if not on_target:  # the target moved since the setup: merge beside it, at S0
+            branch = attempt_branch(self.job_id)
+            # Named in the log: a pod killed while holding it leaves it for `clean`,
+            # and the log says whose it was.
+            log.info("job %r: merging %s on %s", self.job_id, self.name, branch)
+            repo.create_branch(branch, own.base)
+            session = repo.writable_session(branch)
         session.merge(own.prepared, *[f for f in forks if f is not None])
         return _Merge(
             target=self.target,
@@ -324,6 +423,7 @@ class IcechunkDriver:
             repo=repo,
             session=session,
             run_start=self.run_start,
+            on_target=on_target,
         )
 
     def cleanup(self) -> None:

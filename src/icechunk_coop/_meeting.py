@@ -53,6 +53,10 @@ class MeetingPoint(Protocol):
 
     def check_reachable(self) -> None: ...
 
+    def connect(self) -> None:
+        """Build storage clients now, ahead of the first request (best effort)."""
+        ...
+
     def publish(self, name: str, record: Record) -> None: ...
 
     def publish_once(self, name: str, record: R) -> tuple[bool, R]: ...
@@ -120,6 +124,9 @@ class StoredMeeting:
     def check_reachable(self) -> None:
         self.rendezvous.check_reachable()
 
+    def connect(self) -> None:
+        self.rendezvous.connect()
+
     def publish(self, name: str, record: Record) -> None:
         self.rendezvous.publish(name, record.to_wire(), content=record.CONTENT)
 
@@ -153,8 +160,13 @@ class StoredMeeting:
         return _committed(self.job_id)
 
     def wait_for(self, name: str, kind: type[R]) -> R:
+        # Every worker but one waits for the setup at once: spread their first polls.
+        me = self.identity
+        policy = None if me is None else self.rendezvous.policy.for_crowd(me.workers_total - 1)
         try:
-            wire = self.rendezvous.wait_for(name, content=kind.CONTENT, unless=COMMITTED)
+            wire = self.rendezvous.wait_for(
+                name, content=kind.CONTENT, unless=COMMITTED, policy=policy
+            )
         except WaitInterrupted:
             raise self._verified_commit() from None
         return kind.from_wire(wire, self.location(name))
@@ -228,6 +240,9 @@ class InProcessMeeting:
         return f"{self.url}/{name}"
 
     def check_reachable(self) -> None:
+        return None
+
+    def connect(self) -> None:
         return None
 
     def publish(self, name: str, record: Record) -> None:

@@ -202,6 +202,10 @@ class Rendezvous:
         """Delete this job's whole namespace, except the blobs named in ``keep``."""
         self._blobs.remove_all(keep=keep)
 
+    def connect(self) -> None:
+        """Build the storage clients ahead of the first request (see ``BlobStore.connect``)."""
+        self._blobs.connect()
+
     def check_reachable(self) -> None:
         """Refuse at once a meeting point whose bucket does not exist or cannot be reached.
 

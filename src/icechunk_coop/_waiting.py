@@ -48,6 +48,9 @@ DEADLINE_ENV: Final = "ICECHUNK_COOP_DEADLINE_SECONDS"
 #: after the smallest margin.
 MIN_DEADLINE: Final = 120
 
+#: How many workers waiting for one blob may poll at the first pace (see ``for_crowd``).
+CROWD: Final = 16
+
 #: A wait that starts at or after the deadline still looks once, for this long:
 #: a blob that is already there is not a timeout.
 _LAST_LOOK: Final = 2.0
@@ -86,6 +89,12 @@ class WaitPolicy:
     ``max_interval`` trades latency for requests: a long wait polls
     every 0.5-1 x ``max_interval`` (0.75 on average), so at 10 s a waiting
     worker makes about 8 polls a minute (``benchmarks/`` measures it).
+    The first pauses are short (25-50 ms, then doubling): a blob that lands
+    while a worker waits (the setup, the last result) is usually seen within
+    tens of milliseconds, which is what the job's critical path waits on.
+    Doubling reaches the cap after nine polls, about 4 s, so the settled rate
+    is the same as with slower first polls and a wait costs about two polls
+    more in all.
 
     Bad values are refused here, with a ConfigurationError naming the field,
     rather than deep inside tenacity on the first wait (which may be an hour
@@ -93,9 +102,9 @@ class WaitPolicy:
     """
 
     timeout: float = attrs.field(default=3600.0, validator=_seconds)
-    initial_interval: float = attrs.field(default=0.25, validator=_seconds)
+    initial_interval: float = attrs.field(default=0.025, validator=_seconds)
     max_interval: float = attrs.field(default=10.0, validator=_seconds)
-    multiplier: float = attrs.field(default=1.5)
+    multiplier: float = attrs.field(default=2.0)
     ends_at: float | None = attrs.field(default=None)
     sleep: Callable[[float], None] = attrs.field(default=time.sleep, eq=False, repr=False)
 
@@ -116,6 +125,22 @@ class WaitPolicy:
         budget = _check_deadline("seconds", seconds) - deadline_margin(seconds)
         start = time.time() if since is None else since
         return cls(timeout=budget, ends_at=start + budget, **rhythm)
+
+    def for_crowd(self, waiters: int) -> WaitPolicy:
+        """This policy for a wait that ``waiters`` workers make at once, for one blob.
+
+        The setup is awaited by every worker but worker 0. Up to :data:`CROWD`
+        of them poll at the first pace; more stretch their first pause in
+        proportion, so that together they poll no faster than ``CROWD`` would
+        (a thousand workers probing every 25 ms would be 120,000 requests a
+        second, far over S3's 5,500 reads a second per prefix, and a busy
+        node's CPU). The settled pace (``max_interval``) is unchanged.
+        """
+        factor = math.ceil(waiters / CROWD) if waiters > CROWD else 1
+        if factor == 1:
+            return self
+        first = min(self.initial_interval * factor, self.max_interval)
+        return attrs.evolve(self, initial_interval=first)
 
     def remaining(self, now: float | None = None) -> float:
         """How long a wait that starts ``now`` (Unix time) may last: ``timeout``, or less."""

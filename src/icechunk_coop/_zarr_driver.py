@@ -38,6 +38,9 @@ class _Staged:
 
     store: StagedMetadataStore
 
+    def check(self) -> None:
+        return None  # staging checked the committed marker before it began
+
     def seal(self) -> TargetSetup:
         return ZarrSetup(metadata=dict(self.store.staged))
 
@@ -73,13 +76,13 @@ class _Merge:
         for w in writes:
             self.store.staged.update(w.metadata)
 
-    def landed(self) -> str | None:
+    def landed(self, *, alone: bool = False) -> str | None:
         return self.driver.find_commit(None)
 
     def rebase(self, *, committed: Sequence[str]) -> None:
         return None  # no history: the setup's metadata is the base, by contract
 
-    def commit(self, message: str, provenance: Provenance) -> str:
+    def commit(self, message: str, provenance: Provenance) -> str | None:
         keys = publish_staged(self.store.wrapped, self.store.staged)
         marker = ZarrCommitted(target=self.driver.name, keys=tuple(keys))
         self.driver.meeting.publish(committed_name(self.driver.name), marker)

@@ -80,7 +80,15 @@ def is_last_worker(identity: WorkerIdentity) -> bool:
 
 @attrs.frozen(kw_only=True)
 class WorkerOutcome:
-    """What one worker did: its result, and for the last worker the snapshots committed."""
+    """What one worker did: its result, and for the last worker the snapshots committed.
+
+    ``status`` is ``"committed"`` on the worker that finished the job, also
+    when the job changed nothing: a target whose merge holds no change (no
+    worker wrote to it, ``finalize`` left it alone) gets no snapshot at all
+    rather than an empty one, is absent from ``snapshots`` and is named in
+    ``unchanged``. The job is done either way: its ``committed`` marker is
+    published, so late pods and ``status`` find it finished.
+    """
 
     job_id: str
     worker_index: int
@@ -89,6 +97,7 @@ class WorkerOutcome:
     snapshots: Mapping[str, str] = attrs.field(factory=dict)
     seconds: Mapping[str, float] = attrs.field(factory=dict)
     job_start: datetime | None = None
+    unchanged: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -112,6 +121,7 @@ class CooperativeJob:
     ancestry_scan: int = attrs.field(default=DEFAULT_SCAN, validator=attrs.validators.ge(1))
     decide_start: Callable[[], datetime] | None = attrs.field(default=None, eq=False)
     _ctx: JobContext = attrs.field(init=False, repr=False, eq=False)
+    _warming: _start.Warming | None = attrs.field(init=False, repr=False, eq=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         names = [t.name for t in self.targets]
@@ -144,6 +154,8 @@ class CooperativeJob:
         if self.decide_start is not None:
             ctx = attrs.evolve(ctx, decide_start=self.decide_start)
         object.__setattr__(self, "_ctx", ctx)
+        if ctx.meeting.stored:  # a one-worker job reads nothing before it acts
+            object.__setattr__(self, "_warming", _start.warm(ctx))
 
     @classmethod
     def create(
@@ -263,7 +275,7 @@ class CooperativeJob:
         ctx, me, clock = self._ctx, self.identity, StepClock()
         with failure_markers(ctx) as markers:
             with clock.step("setup"):
-                start = _start.begin(ctx)
+                start = _start.begin(ctx, self._warming)
                 if start.committed:
                     return self._already_committed(start.snapshot)
                 _crash.reach("started")
@@ -279,15 +291,22 @@ class CooperativeJob:
                     log.info("%s: finishing the commit an earlier attempt began", ctx.where)
                     results, streamed = list(plan.results), None
                 else:
-                    with clock.step("work"):
-                        forks = _work.open_forks(ctx, setup)
-                        value = work(forks.stores)
-                    result = _work.result_of(ctx, forks, value, clock.spans)
-                    _work.publish_result(ctx, result)
+                    # The last worker opens its merges while it works: off the critical path.
+                    opening = _finalize.open_merges_ahead(ctx, setup) if me.is_last else None
+                    try:
+                        with clock.step("work"):
+                            forks = _work.open_forks(ctx, setup)
+                            value = work(forks.stores)
+                        result = _work.result_of(ctx, forks, value, clock.spans)
+                        _work.publish_result(ctx, result)
+                    except BaseException:
+                        if opening is not None:
+                            opening.discard()
+                        raise
                     if not me.is_last:
                         return self._outcome("published", result.value, clock)
                     with clock.step("wait"):
-                        results, streamed = _finalize.collect_and_merge(ctx, setup)
+                        results, streamed = _finalize.collect_and_merge(ctx, setup, opening)
                 with clock.step("commit"):
                     if streamed is None:  # finishing a pinned plan: commit merges it
                         merged, pinned = None, _finalize.pin_plan(ctx, setup, results)
@@ -318,14 +337,19 @@ class CooperativeJob:
         clock: StepClock,
         snapshots: Mapping[str, str] | None = None,
     ) -> WorkerOutcome:
+        snapshots = dict(snapshots or {})
+        unchanged = () if status != "committed" else tuple(
+            t.name for t in self.targets if t.name not in snapshots
+        )  # fmt: skip
         return WorkerOutcome(
             job_id=self.job_id,
             worker_index=self.identity.worker_index,
             status=status,
             result=value,
-            snapshots=dict(snapshots or {}),
+            snapshots=snapshots,
             seconds=dict(clock.seconds),
             job_start=self.job_start,
+            unchanged=unchanged,
         )
 
     def _already_committed(self, found: str | None) -> WorkerOutcome:

@@ -137,13 +137,14 @@ class LocalJob:
             self.err.flush()
 
     def _pump(self, index: int, stream: IO[str]) -> None:
-        for line in stream:
-            text = line.rstrip("\n")
-            if self.on_line is not None:
-                self.on_line(index, text)
-            with self._lock, contextlib.suppress(OSError, ValueError):  # our stdout closed
-                self.out.write(f"[{index}] {text}\n")
-                self.out.flush()
+        with stream:  # closed here, at its end: the worker's pipe is ours alone
+            for line in stream:
+                text = line.rstrip("\n")
+                if self.on_line is not None:
+                    self.on_line(index, text)
+                with self._lock, contextlib.suppress(OSError, ValueError):  # stdout closed
+                    self.out.write(f"[{index}] {text}\n")
+                    self.out.flush()
 
     def processes(self) -> dict[int, ProcessView]:
         """Each index's process now (call from the thread that runs the job)."""
