@@ -16,7 +16,16 @@ Kinds follow how S3 prices requests:
 
 Control endpoints (``_bench`` can never be a bucket name: ``_`` is not allowed):
 ``GET /_bench/counts`` -> ``{bucket: {kind: n}}``;
-``GET /_bench/events?bucket=B`` -> ``[[unix_time, kind, status], ...]``.
+``GET /_bench/events?bucket=B`` -> ``[[unix_time, kind, status], ...]``;
+``GET /_bench/log?bucket=B`` -> ``[[start, end, caller, method, kind, path, status], ...]``.
+
+Who sent a request (``caller``) is the access key id of its signature
+(``Authorization: AWS4-HMAC-SHA256 Credential=<key>/...``): moto accepts any
+key, so a benchmark gives each worker a key of its own (``w0``, ``w1``, ...)
+and every request of that worker, s3fs's and icechunk's alike, carries its
+name, with nothing in the library changed. ``start`` is when the request
+arrived, ``end`` when its answer was sent, both before and after the added
+latency: the spans the critical-path analysis chains (``critical.py``).
 
 ``--latency-ms`` delays every forwarded request, to look more like a real
 object store (S3 answers small requests in roughly 10-30 ms; moto in < 2 ms).
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 import time
@@ -35,6 +45,7 @@ from email.message import Message
 
 from icechunk_coop._forwarding import ForwardingHandler, ForwardingServer
 
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _LIST_QUERY = frozenset({"list-type", "prefix", "delimiter", "marker", "continuation-token"})
 
 
@@ -68,6 +79,16 @@ def classify(method: str, target: str, headers: Message) -> tuple[str, str]:
     return bucket, "OTHER"
 
 
+#: (start, end, caller, method, kind, path, status) of one forwarded request.
+Request = tuple[float, float, str, str, str, str, int]
+
+
+def caller_of(headers: Message) -> str:
+    """The access key id that signed a request ("" when unsigned)."""
+    match = _CREDENTIAL.search(headers.get("Authorization", ""))
+    return match.group(1) if match else ""
+
+
 class Ledger:
     """Every request seen, thread-safe."""
 
@@ -75,12 +96,21 @@ class Ledger:
         self._lock = threading.Lock()
         self._counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._events: defaultdict[str, list[tuple[float, str, int]]] = defaultdict(list)
+        self._log: defaultdict[str, list[Request]] = defaultdict(list)
 
     def add(self, bucket: str, kind: str, status: int) -> None:
         now = time.time()
         with self._lock:
             self._counts[bucket][kind] += 1
             self._events[bucket].append((now, kind, status))
+
+    def record(self, bucket: str, request: Request) -> None:
+        with self._lock:
+            self._log[bucket].append(request)
+
+    def log(self, bucket: str) -> list[Request]:
+        with self._lock:
+            return list(self._log.get(bucket, []))
 
     def counts(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -102,6 +132,8 @@ class _Handler(ForwardingHandler):
             payload = self.server.ledger.counts()
         elif parsed.path == "/_bench/events":
             payload = self.server.ledger.events(query.get("bucket", [""])[0])
+        elif parsed.path == "/_bench/log":
+            payload = self.server.ledger.log(query.get("bucket", [""])[0])
         else:
             payload = {"error": f"unknown control path {parsed.path}"}
         body = json.dumps(payload).encode()
@@ -115,6 +147,7 @@ class _Handler(ForwardingHandler):
         if self.path.startswith("/_bench/"):
             self._control()
             return
+        started = time.time()
         body = self._read_body()
         if self.server.latency:
             time.sleep(self.server.latency)
@@ -126,6 +159,10 @@ class _Handler(ForwardingHandler):
         resp, data = forwarded
         self.server.ledger.add(bucket, kind, resp.status)
         self._relay(resp, data)
+        path = urllib.parse.urlsplit(self.path).path
+        request = (started, time.time(), caller_of(self.headers), self.command, kind, path,
+                   resp.status)  # fmt: skip
+        self.server.ledger.record(bucket, request)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle  # noqa: N815
 

@@ -77,6 +77,21 @@ class S3:
             for t, k, s in self._control(f"/_bench/events?bucket={bucket}")
         ]
 
+    def log(self, bucket: str) -> list[tuple[float, float, str, str, str, str, int]]:
+        """``(start, end, caller, method, kind, path, status)`` of every request for ``bucket``.
+
+        ``caller`` is the access key that signed it: give each worker its own
+        (:meth:`worker_env`) to tell their requests apart.
+        """
+        return [
+            (float(a), float(b), str(c), str(m), str(k), str(p), int(s))
+            for a, b, c, m, k, p, s in self._control(f"/_bench/log?bucket={bucket}")
+        ]
+
+    def worker_env(self, index: int) -> dict[str, str]:
+        """The counted environment of worker ``index``: its requests signed by key ``w<index>``."""
+        return {**self.env(), "AWS_ACCESS_KEY_ID": f"w{index}"}
+
 
 def clean_environ(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment minus identity variables, plus ``extra``."""

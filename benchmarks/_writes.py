@@ -116,7 +116,7 @@ def run_write(s3: S3, strategy: str, workers: int, cfg: WriteConfig) -> dict[str
         for index in range(total):
             env = clean_environ(
                 {
-                    **s3.env(),
+                    **s3.worker_env(index),  # its requests signed "w<index>": told apart
                     "JOB_COMPLETION_INDEX": str(index),
                     "WORKERS_TOTAL": str(total),
                     "JOB_NAME": job_name,

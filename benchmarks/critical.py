@@ -20,10 +20,22 @@ Reported per run, from the workers' own clocks (one machine, one clock):
 - **overhead**: to outcome minus the slowest worker's ``work`` step; the
   target is 0.5 s at N = 8;
 - **to exit**: release -> the last worker's return (cleanup included);
-- the last worker's and worker 0's own steps, and requests through the proxy.
+- the last worker's and worker 0's own steps, and requests through the proxy;
+- the **critical chain** (``_chain.py``): worker 0's requests until its setup
+  landed, then the last worker's from the moment the setup was visible until
+  the primary's compare-and-set, by phase (setup, wait for setup, work,
+  publish, wait for results, commit), in seconds and in **sequential round
+  trips** (requests that overlap in time count once). The round trips are
+  what a user multiplies by their store's latency; they should not grow
+  with N.
+
+Workers tell their requests apart by their access key: worker i signs with
+``w<i>`` (moto accepts any key; ``_servers.S3.worker_env``), and the proxy
+logs who sent what, when. Workers are processes at every N (64 fit in memory
+here; their start-up, 1-2 s of CPU each, is before the release).
 
     uv run python benchmarks/critical.py --quick   # N = 8, one run (~40 s)
-    uv run python benchmarks/critical.py           # N = 4, 8, 16; three runs each; 0 and 20 ms
+    uv run python benchmarks/critical.py           # N = 2, 8, 32, 64; 0 and 20 ms
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _chain import PHASES, critical_chain
 from _report import cell, machine, table, write_results
 from _servers import S3, s3_servers
 from _writes import WriteConfig, run_write
@@ -72,6 +85,8 @@ def one_run(s3: S3, workers: int, seconds: float, startup: float) -> dict[str, A
         print(f"  note: a worker was still starting {late:.2f} s after the release "
               "(raise --startup)", flush=True)  # fmt: skip
     at = committed_at(s3, run)
+    chain = critical_chain(s3.log(run["bucket"]), workers=workers, job_id=run["job_id"],
+                           released=release)  # fmt: skip
     slowest = max(o["seconds"]["work"] for o in outcomes)
     last = next(o for o in outcomes if o["status"] == "committed")
     first = next(o for o in outcomes if o.get("index") == 0)
@@ -86,10 +101,15 @@ def one_run(s3: S3, workers: int, seconds: float, startup: float) -> dict[str, A
         "last_steps_s": last["seconds"],
         "first_steps_s": first["seconds"],
         "requests": run["requests_total"],
+        "chain": chain,
         # CPU seconds every worker spent in its run, summed: next to 2 cores x the
         # job's seconds it says how much of the overhead is waiting for a core.
         "run_cpu_s": sum(o["run_cpu_s"] for o in outcomes),
     }
+
+
+def _phase(phase: dict[str, Any]) -> str:
+    return f"{phase['round_trips']} / {phase['seconds']:.2f} s"
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -124,13 +144,13 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", default="4,8,16", help="comma-separated N")
+    parser.add_argument("--workers", default="2,8,32,64", help="comma-separated N")
     parser.add_argument("--seconds", type=float, default=2.0, help="work per worker")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--latency-ms", default="0,20", help="comma-separated ms per request")
     parser.add_argument("--startup", type=float, default=0.0,
                         help="seconds from starting the workers to releasing them "
-                             "(default 4 + 1.2 per worker)")  # fmt: skip
+                             "(default 6 + 1.5 per worker)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="N = 8, one run, 0 ms")
     parser.add_argument("--name", default="critical", help="file name under benchmarks/results")
     args = parser.parse_args()
@@ -142,13 +162,28 @@ def main() -> int:
     for latency in [float(x) for x in args.latency_ms.split(",")]:
         with s3_servers(latency_ms=latency) as s3:
             for n in [int(x) for x in args.workers.split(",")]:
-                startup = args.startup or 4 + 1.2 * n
+                startup = args.startup or 6 + 1.5 * n
                 runs = [one_run(s3, n, args.seconds, startup) for _ in range(args.repeat)]
                 row = {**summarise(runs), "latency_ms": latency}
                 rows.append(row)
                 print(f"N={n} +{latency:g} ms: overhead {row['overhead_median_s']:.2f} s "
-                      f"(runs: {', '.join(f'{o:.2f}' for o in row['overheads_s'])})",
-                      flush=True)  # fmt: skip
+                      f"(runs: {', '.join(f'{o:.2f}' for o in row['overheads_s'])}); "
+                      f"chain {row['chain']['round_trips']} round trips", flush=True)  # fmt: skip
+    print()
+    print(
+        table(
+            ["N", "ms/request", *PHASES, "chain"],
+            [
+                [
+                    r["workers"],
+                    f"{r['latency_ms']:g}",
+                    *(_phase(r["chain"]["phases"][p]) for p in PHASES),
+                    f"{r['chain']['round_trips']} / {r['chain']['seconds']:.2f} s",
+                ]
+                for r in rows
+            ],
+        )
+    )
     headers = ["N", "ms/request", "to outcome s", "slowest work s", "overhead s (median)",
                "to exit s", "requests", "CPU s (all workers)", "last worker's steps",
                "worker 0's steps"]  # fmt: skip

@@ -25,6 +25,11 @@ Runs in one go (the ratios are of the same run):
 - ``8 x J``: eight workers, the same J jobs;
 - ``8 x 8``: eight workers, one job each: the critical path at N = 8.
 
+Between a run and W times faster than one worker, the report shows
+(``gap_s``): start-up (launching W processes and their imports, before the
+last worker is released), the slowest worker's work beyond its share of the
+jobs (W processes' CPU on the machine's cores), and the protocol's overhead.
+
     uv run python benchmarks/e2e.py --quick     # 8 jobs of 1 s: 1 and 8 workers
     uv run python benchmarks/e2e.py             # 64 jobs of 2 s
 """
@@ -119,6 +124,32 @@ def critical_path(timeline: Any, workers: int) -> dict[str, Any]:
     }
 
 
+def gap(rows: list[dict[str, Any]], seconds: float) -> None:
+    """What stands between each multi-worker run and the ideal (one worker's wall / W).
+
+    The wall time splits into: start-up (from ``run-local``'s start to the
+    last worker's release: process launch and imports, W processes on the
+    machine's cores), the slowest worker's work beyond its share of the jobs
+    (CPU contention inside the work), and the protocol's overhead (above).
+    Each row gets these as ``gap_s``.
+    """
+    one = next((r for r in rows if r["workers"] == 1), None)
+    for r in rows:
+        if r["workers"] == 1 or "overhead_s" not in r:
+            continue
+        share = r["jobs"] * seconds / r["workers"]
+        r["gap_s"] = {
+            "ideal": (one["wall_s"] if one and one["jobs"] == r["jobs"] else share * r["workers"])
+            / r["workers"],
+            "start-up": r["wall_s"] - r["released_to_commit_s"],
+            "work beyond its share": r["slowest_work_s"] - share,
+            "protocol overhead": r["overhead_s"],
+        }
+        print(f"{r['workers']} x {r['jobs']}: wall {r['wall_s']:.1f} s = "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["gap_s"].items())
+              + " (s; the rest: the share of the jobs' own work)", flush=True)  # fmt: skip
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -173,6 +204,7 @@ def main() -> int:
                      f"{row['after_last_work_s']:.2f} s)" if "overhead_s" in row else ""),
                   flush=True)  # fmt: skip
     one = rows[0]["wall_s"] if rows[0]["workers"] == 1 else None
+    gap(rows, args.seconds)
     headers = ["workers", "region jobs", "ideal s", "wall s", "speed-up vs 1",
                "released -> commit s", "slowest work s", "overhead s", "before work s",
                "after last work s", "last worker's steps"]  # fmt: skip
