@@ -52,8 +52,11 @@ import s3fs
 from _servers import S3
 from botocore.exceptions import ClientError
 
-from icechunk_coop import Rendezvous, Sealer, WaitPolicy, WaitTimeoutError
-from icechunk_coop._records import SETUP, result_name
+from icechunk_coop import WaitPolicy
+from icechunk_coop.errors import WaitTimeoutError
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._records import SETUP, result_name
 
 #: S3 Standard, us-east-1 (RESEARCH.md): LIST $0.005 / 1k, GET/HEAD $0.0004 / 1k.
 #: PUT, COPY and POST are billed like LIST; DELETE is free.

@@ -43,7 +43,7 @@ import urllib.parse
 from collections import Counter, defaultdict
 from email.message import Message
 
-from icechunk_coop._forwarding import ForwardingHandler, ForwardingServer
+from icechunk_coop.testing._forwarding import ForwardingHandler, ForwardingServer
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _LIST_QUERY = frozenset({"list-type", "prefix", "delimiter", "marker", "continuation-token"})

@@ -60,8 +60,6 @@ from write_worker import _rebase_attempts, finish, grow, my_rows, write_rows
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
-    Rendezvous,
-    Sealer,
     Stores,
     WaitPolicy,
     WorkerIdentity,
@@ -71,7 +69,9 @@ from icechunk_coop import (
     icechunk_storage,
     publish_result,
 )
-from icechunk_coop._records import result_name
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._records import result_name
 
 STRATEGIES = ("coop", "rebase", "serial")
 

@@ -55,9 +55,10 @@ from _report import cell, machine, table, write_results
 from _servers import S3, s3_servers
 from _writes import WriteConfig, run_write
 
-from icechunk_coop import Rendezvous, Sealer
-from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._markers import Committed
+from icechunk_coop.wire._records import COMMITTED
 
 
 def committed_at(s3: S3, row: dict[str, Any]) -> float:

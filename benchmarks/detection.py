@@ -45,8 +45,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import cell, machine, table, write_results
 from _servers import S3, s3_servers
 
-from icechunk_coop import Rendezvous, Sealer, WaitPolicy
-from icechunk_coop._records import result_name
+from icechunk_coop import WaitPolicy
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._records import result_name
 
 SECRET = "detection-bench-secret-012345678"  # noqa: S105 - a benchmark's own
 RHYTHMS = ("coop-default", "coop-fast", "ls-every-10s")

@@ -54,9 +54,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine, table, write_results
 from _servers import S3, clean_environ, s3_servers
 
-from icechunk_coop import Rendezvous, Sealer, icechunk_storage
-from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED
+from icechunk_coop import icechunk_storage
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._markers import Committed
+from icechunk_coop.wire._records import COMMITTED
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "synthetic_forecast.py"

@@ -6,7 +6,7 @@
     uv run python benchmarks/faults.py --rates 0,0.5,0.9 --runs 2 --mix reset
     uv run python benchmarks/faults.py --budgets tight       # the test suite's tighter retries
 
-It starts moto and ``icechunk_coop._faults`` (both subprocesses), and for each
+It starts moto and ``icechunk_coop.testing._faults`` (both subprocesses), and for each
 rate runs ``--runs`` jobs of ``--workers`` processes of ``tests/coop_worker.py``
 (the repository and the rendezvous both through the proxy), each job in a
 fresh bucket, with ``--timeout`` as the workers' wait deadline. ``--mix

@@ -64,14 +64,14 @@ from icechunk_coop import (
     IcechunkTarget,
     WaitPolicy,
     WorkerIdentity,
-    _finalize,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
     icechunk_storage,
 )
-from icechunk_coop._records import result_name
-from icechunk_coop._work import open_forks, result_of
+from icechunk_coop.protocol import _finalize
+from icechunk_coop.protocol._work import open_forks, result_of
+from icechunk_coop.wire._records import result_name
 
 SECRET = "finalize-bench-secret-0123456789"  # noqa: S105 - a benchmark's own
 DEFAULT_CASES = ["10x10", "100x10", "100x100", "1000x10", "1000x100", "10x1000", "100x1000",

@@ -43,14 +43,14 @@ import zarr
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
-    Rendezvous,
-    Sealer,
     Stores,
     WaitPolicy,
     WorkerIdentity,
     icechunk_storage,
 )
-from icechunk_coop._records import SETUP, result_name
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._records import SETUP, result_name
 
 CALLS: dict[str, int] = {"commit": 0, "rebase": 0, "reset_branch": 0}
 REBASE_ATTEMPTS: list[int] = []

@@ -62,7 +62,6 @@ from icechunk_coop import (
     CoopError,
     IcechunkTarget,
     Loop,
-    ShrinkRefusedError,
     Stores,
     Target,
     WaitPolicy,
@@ -71,6 +70,7 @@ from icechunk_coop import (
     icechunk_storage,
     run_region_jobs,
 )
+from icechunk_coop.errors import ShrinkRefusedError
 
 log = logging.getLogger("pipeline_forecast")
 

@@ -58,13 +58,9 @@ import s3fs
 import zarr
 from hypothesis import strategies as st
 
-from icechunk_coop import (
-    CommitConflictError,
-    CoopError,
-    delete_temporary_branches,
-    icechunk_storage,
-    job_branch_prefix,
-)
+from icechunk_coop import CoopError, icechunk_storage
+from icechunk_coop.errors import CommitConflictError
+from icechunk_coop.inspect import delete_temporary_branches, job_branch_prefix
 from icechunk_coop.testing import (
     CRASH_ENV,
     CRASH_EXIT_CODE,

@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import zarr
 
-from icechunk_coop import (
-    SECRET_ENV,
-    ConfigurationError,
-    Sealer,
-    icechunk_storage,
-    job_branch_prefix,
-)
+from icechunk_coop import SECRET_ENV, ConfigurationError, icechunk_storage
 from icechunk_coop.cli import clean, main, parse_age, status
+from icechunk_coop.inspect import job_branch_prefix
+from icechunk_coop.wire import Sealer
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "cli-test-secret-0123456789abcdef"

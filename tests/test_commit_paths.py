@@ -22,8 +22,8 @@ from icechunk_coop import (
     WorkerIdentity,
     WorkerOutcome,
 )
-from icechunk_coop._records import COMMITTED
 from icechunk_coop.testing import at_crash_point, job_commits
+from icechunk_coop.wire._records import COMMITTED
 
 SECRET = "s" * 64
 

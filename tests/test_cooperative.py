@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import zarr
 
-from icechunk_coop import METADATA_KEY, icechunk_storage
+from icechunk_coop import icechunk_storage
+from icechunk_coop.inspect import METADATA_KEY
 from icechunk_coop.testing import CRASH_EXIT_CODE
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))

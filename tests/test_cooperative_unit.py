@@ -11,27 +11,29 @@ import pytest
 import zarr
 
 from icechunk_coop import (
-    METADATA_KEY,
     ConfigurationError,
     CooperativeJob,
-    ForeignResultError,
     IcechunkTarget,
-    MissingSecretError,
-    PayloadAuthenticationError,
     Stores,
     WorkerIdentity,
     WorkerOutcome,
-    WorkersTotalMismatchError,
     ZarrTarget,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
     publish_result,
 )
-from icechunk_coop._blobs import BlobStore
-from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED, FAILED_SUFFIX, PLAN, SETUP, Result, result_name
+from icechunk_coop.errors import (
+    ForeignResultError,
+    MissingSecretError,
+    PayloadAuthenticationError,
+    WorkersTotalMismatchError,
+)
+from icechunk_coop.inspect import METADATA_KEY
+from icechunk_coop.rendezvous._blobs import BlobStore
 from icechunk_coop.testing import job_commits, run_in_process
+from icechunk_coop.wire._markers import Committed
+from icechunk_coop.wire._records import COMMITTED, FAILED_SUFFIX, PLAN, SETUP, Result, result_name
 
 SECRET = "unit-secret-0123456789abcdef0123"
 

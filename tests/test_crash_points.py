@@ -16,7 +16,6 @@ import pytest
 import zarr
 
 from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, WorkerOutcome
-from icechunk_coop._records import COMMITTED
 from icechunk_coop.testing import (
     CRASH_POINTS,
     Killed,
@@ -24,6 +23,7 @@ from icechunk_coop.testing import (
     crash_point,
     job_commits,
 )
+from icechunk_coop.wire._records import COMMITTED
 
 SECRET = "crash-points-secret-0123456789ab"
 ROWS = 2  # per worker

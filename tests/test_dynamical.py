@@ -19,16 +19,10 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-from icechunk_coop import (
-    METADATA_KEY,
-    ConfigurationError,
-    ShrinkRefusedError,
-    Stores,
-    WorkerIdentity,
-    ZarrTarget,
-    icechunk_storage,
-)
+from icechunk_coop import ConfigurationError, Stores, WorkerIdentity, ZarrTarget, icechunk_storage
 from icechunk_coop.dynamical import DynamicalDataset, JobOptions, Mode, RegionJob, Store
+from icechunk_coop.errors import ShrinkRefusedError
+from icechunk_coop.inspect import METADATA_KEY
 from icechunk_coop.testing import start_workers
 
 ROOT = Path(__file__).resolve().parents[1]

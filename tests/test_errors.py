@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 import icechunk_coop
-from icechunk_coop import (
+import icechunk_coop.errors
+from icechunk_coop import ConfigurationError, CoopError, RetryableError, WaitPolicy, dynamical
+from icechunk_coop.errors import (
     AlreadyCommittedError,
     BranchKeptMovingError,
     ChunkOverlapError,
     CommitConflictError,
     CommitOutcomeError,
-    ConfigurationError,
-    CoopError,
     ForeignPayloadError,
     ForeignResultError,
     IcechunkVersionError,
@@ -29,14 +29,11 @@ from icechunk_coop import (
     PayloadError,
     PayloadFormatError,
     RegionOverlapError,
-    RetryableError,
     ShrinkRefusedError,
     StorageUnreachableError,
-    WaitPolicy,
     WaitTimeoutError,
     WorkerFailedError,
     WorkersTotalMismatchError,
-    dynamical,
 )
 
 # The tree, pinned: each class's direct bases (in MRO order), retryable, kind.
@@ -139,7 +136,7 @@ CASES: list[CoopError] = [
 
 def _library_subclasses(cls: type[CoopError]) -> set[type[CoopError]]:
     # Only the library's own: the refused classes the tests below define are not.
-    direct = {sub for sub in cls.__subclasses__() if sub.__module__ == "icechunk_coop._errors"}
+    direct = {sub for sub in cls.__subclasses__() if sub.__module__ == "icechunk_coop.errors"}
     return direct.union(*(_library_subclasses(sub) for sub in direct))
 
 
@@ -225,8 +222,9 @@ def test_notes_survive_pickling() -> None:
 def test_every_public_error_is_covered() -> None:
     public = {
         obj
-        for name in icechunk_coop.__all__
-        if isinstance(obj := getattr(icechunk_coop, name), type) and issubclass(obj, CoopError)
+        for name in icechunk_coop.errors.__all__
+        if isinstance(obj := getattr(icechunk_coop.errors, name), type)
+        and issubclass(obj, CoopError)
     }
     assert public - ABSTRACT - {type(e) for e in CASES} == set()
     assert public == set(TREE)  # everything in the tree is exported

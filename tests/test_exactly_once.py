@@ -20,21 +20,21 @@ import pytest
 import zarr
 
 from icechunk_coop import (
-    CommitConflictError,
     CooperativeJob,
     IcechunkTarget,
     Stores,
     WaitPolicy,
     WorkerIdentity,
     WorkerOutcome,
-    _finalize,
-    job_branch_prefix,
 )
-from icechunk_coop._markers import Committed
-from icechunk_coop._meeting import StoredMeeting
-from icechunk_coop._records import COMMITTED, PLAN
+from icechunk_coop.errors import CommitConflictError
+from icechunk_coop.inspect import job_branch_prefix
+from icechunk_coop.protocol import _finalize
+from icechunk_coop.rendezvous._meeting import StoredMeeting
 from icechunk_coop.testing import Killed, at_crash_point
 from icechunk_coop.testing import job_commits as commits_of
+from icechunk_coop.wire._markers import Committed
+from icechunk_coop.wire._records import COMMITTED, PLAN
 
 SECRET = "exactly-once-secret-0123456789ab"
 

@@ -24,8 +24,9 @@ import pytest
 import s3fs
 import zarr
 
-from icechunk_coop import StorageUnreachableError, icechunk_storage
-from icechunk_coop._blobs import BlobStore
+from icechunk_coop import icechunk_storage
+from icechunk_coop.errors import StorageUnreachableError
+from icechunk_coop.rendezvous._blobs import BlobStore
 from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy, job_commits, start_workers
 from schedules import Reader, expected_temp, final_error, is_clear
 

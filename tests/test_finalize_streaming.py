@@ -12,19 +12,19 @@ import zarr
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
-    Rendezvous,
-    Sealer,
     Stores,
     WaitPolicy,
-    WorkerFailedError,
     WorkerIdentity,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
     publish_result,
 )
-from icechunk_coop import _icechunk_driver as driver_module
+from icechunk_coop.errors import WorkerFailedError
+from icechunk_coop.rendezvous import Rendezvous
+from icechunk_coop.targets import _icechunk as driver_module
 from icechunk_coop.testing import job_commits
+from icechunk_coop.wire import Sealer
 
 SECRET = "stream-secret-0123456789abcdef01"
 

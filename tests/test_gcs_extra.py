@@ -23,11 +23,11 @@ _CHILD = """
 import json, sys
 sys.modules["gcsfs"] = None  # as if the extra were not installed
 from icechunk_coop import ConfigurationError
-from icechunk_coop._blobs import BlobStore
-from icechunk_coop._locations import filesystem
-from icechunk_coop._storage import icechunk_storage
-from icechunk_coop._targets import ZarrTarget
-from icechunk_coop._zarr_driver import ZarrDriver
+from icechunk_coop.rendezvous._blobs import BlobStore
+from icechunk_coop.rendezvous._locations import filesystem
+from icechunk_coop.targets._storage import icechunk_storage
+from icechunk_coop.targets._targets import ZarrTarget
+from icechunk_coop.targets._zarr import ZarrDriver
 
 out = {}
 def attempt(name, fn):
@@ -90,6 +90,6 @@ def test_gcsfs_is_an_extra_and_a_dev_dependency_but_not_a_requirement() -> None:
 
 def test_with_gcsfs_installed_a_gs_location_opens() -> None:
     pytest.importorskip("gcsfs")
-    from icechunk_coop._locations import require_filesystem
+    from icechunk_coop.rendezvous._locations import require_filesystem
 
     require_filesystem("gs://bucket/rendezvous")  # raises if it were refused

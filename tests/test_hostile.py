@@ -21,16 +21,15 @@ import zarr
 from icechunk_coop import (
     CooperativeJob,
     IcechunkTarget,
-    PayloadError,
-    Sealer,
     Stores,
     WaitPolicy,
-    WorkerFailedError,
     WorkerIdentity,
     WorkerOutcome,
 )
-from icechunk_coop._records import COMMITTED, PLAN, SETUP, failure_name, result_name
+from icechunk_coop.errors import PayloadError, WorkerFailedError
 from icechunk_coop.testing import job_commits, run_in_process
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._records import COMMITTED, PLAN, SETUP, failure_name, result_name
 
 SECRET = "hostile-secret-0123456789abcdef0"
 READ_BEFORE_WRITTEN = {SETUP, PLAN, COMMITTED}

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import attrs
 import pytest
 
-from icechunk_coop._errors import ConfigurationError, IdentityError
-from icechunk_coop._identity import WorkerIdentity
+from icechunk_coop.errors import ConfigurationError, IdentityError
+from icechunk_coop.identity._worker import WorkerIdentity
 
 START = datetime(2025, 2, 19, 21, 20, tzinfo=UTC)
 

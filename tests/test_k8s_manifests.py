@@ -35,15 +35,10 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
-from icechunk_coop import (
-    IdentityError,
-    MissingSecretError,
-    Sealer,
-    WaitPolicy,
-    WorkerIdentity,
-    WorkerOutcome,
-)
-from icechunk_coop._waiting import DEADLINE_ENV, deadline_margin, policy_for_environment
+from icechunk_coop import WaitPolicy, WorkerIdentity, WorkerOutcome
+from icechunk_coop.errors import IdentityError, MissingSecretError
+from icechunk_coop.rendezvous._waiting import DEADLINE_ENV, deadline_margin, policy_for_environment
+from icechunk_coop.wire import Sealer
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "examples" / "k8s"

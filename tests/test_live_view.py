@@ -160,7 +160,7 @@ def test_region_job_counts_are_read_from_run_region_jobs_lines() -> None:
 
 def test_run_region_jobs_logs_the_lines_the_view_reads() -> None:
     """The live count depends on these two lines: pin their shape to the loop's own logging."""
-    import icechunk_coop._loop as loop_module
+    import icechunk_coop.jobs._loop as loop_module
 
     source = Path(loop_module.__file__).read_text()
     share = '"worker %d/%d: %d of %d region job%s"'
@@ -209,8 +209,8 @@ def test_the_plain_view_writes_a_line_only_when_something_changed() -> None:
 def test_each_workers_step_is_read_from_the_names_in_the_rendezvous(
     names: tuple[str, ...], steps: list[str]
 ) -> None:
-    from icechunk_coop import JobListing
-    from icechunk_coop._progress import _step
+    from icechunk_coop.inspect import JobListing
+    from icechunk_coop.inspect._progress import _step
 
     listing = JobListing(job_id="j-u", names=frozenset(names), newest=None)
     assert [_step(listing, index, 3) for index in range(3)] == steps
@@ -219,8 +219,9 @@ def test_each_workers_step_is_read_from_the_names_in_the_rendezvous(
 def test_status_watch_ends_with_1_when_a_worker_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from icechunk_coop import Rendezvous, Sealer
     from icechunk_coop.cli import main
+    from icechunk_coop.rendezvous import Rendezvous
+    from icechunk_coop.wire import Sealer
 
     monkeypatch.delenv(SECRET_ENV, raising=False)
     rv = Rendezvous.for_job(str(tmp_path), job_id="f-u1", sealer=Sealer(job_id="f-u1", secret=None))
@@ -244,8 +245,10 @@ class _OnlyTheWorkersImportThis:
 def test_a_setup_only_the_workers_can_unpickle_still_shows_the_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from icechunk_coop import ProgressReader, Rendezvous, Sealer
     from icechunk_coop.cli import main
+    from icechunk_coop.inspect import ProgressReader
+    from icechunk_coop.rendezvous import Rendezvous
+    from icechunk_coop.wire import Sealer
 
     monkeypatch.setenv(SECRET_ENV, SECRET)
     sealer = Sealer(job_id="m-u1", secret=SECRET.encode())

@@ -11,17 +11,9 @@ import icechunk
 import pytest
 import zarr
 
-from icechunk_coop import (
-    CooperativeJob,
-    IcechunkTarget,
-    MissingLocationError,
-    StorageUnreachableError,
-    Stores,
-    WorkerFailedError,
-    WorkerIdentity,
-    _icechunk_driver,
-    icechunk_storage,
-)
+from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, icechunk_storage
+from icechunk_coop.errors import MissingLocationError, StorageUnreachableError, WorkerFailedError
+from icechunk_coop.targets import _icechunk as _icechunk_driver
 from icechunk_coop.testing import LocalS3, free_port, job_commits, run_in_process
 
 SECRET = "locations-secret-0123456789abcdef"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from icechunk_coop import Sealer, WorkerIdentity
-from icechunk_coop._markers import Failure
-from icechunk_coop._meeting import StoredMeeting
-from icechunk_coop._records import failure_name
-from icechunk_coop._rendezvous import Rendezvous
+from icechunk_coop import WorkerIdentity
+from icechunk_coop.rendezvous._meeting import StoredMeeting
+from icechunk_coop.rendezvous._rendezvous import Rendezvous
+from icechunk_coop.wire import Sealer
+from icechunk_coop.wire._markers import Failure
+from icechunk_coop.wire._records import failure_name
 
 SECRET = b"0123456789abcdef0123456789abcdef"  # a test value
 

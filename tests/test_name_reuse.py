@@ -18,18 +18,12 @@ import icechunk
 import pytest
 import zarr
 
-from icechunk_coop import (
-    CooperativeJob,
-    IcechunkTarget,
-    JobNameReusedError,
-    Stores,
-    WorkerIdentity,
-    WorkerOutcome,
-)
-from icechunk_coop._cleanup import remove_job
-from icechunk_coop._markers import Committed
-from icechunk_coop._records import COMMITTED
+from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, WorkerOutcome
+from icechunk_coop.errors import JobNameReusedError
+from icechunk_coop.inspect._cleanup import remove_job
 from icechunk_coop.testing import job_commits
+from icechunk_coop.wire._markers import Committed
+from icechunk_coop.wire._records import COMMITTED
 
 SECRET = "name-reuse-secret-0123456789abcd"
 FIRST = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)

@@ -26,19 +26,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from icechunk_coop import (
-    ChunkOverlapError,
     CooperativeJob,
     IcechunkTarget,
-    OverlapError,
-    RegionOverlapError,
     Stores,
     WorkerIdentity,
     ZarrTarget,
     run_region_jobs,
 )
-from icechunk_coop._overlap import RecordingStore, split_key
-from icechunk_coop._records import Result
+from icechunk_coop.errors import ChunkOverlapError, OverlapError, RegionOverlapError
+from icechunk_coop.targets._overlap import RecordingStore, split_key
 from icechunk_coop.testing import run_in_process
+from icechunk_coop.wire._records import Result
 
 SECRET = "overlap-secret-0123456789abcdef"
 LENGTH, CHUNK = 20, 10

@@ -10,16 +10,15 @@ from pathlib import Path
 import icechunk
 import pytest
 
-from icechunk_coop import (
+from icechunk_coop.errors import (
     ForeignPayloadError,
     IcechunkVersionError,
     MissingSecretError,
     PayloadAuthenticationError,
     PayloadError,
     PayloadFormatError,
-    Sealer,
-    _payload,
 )
+from icechunk_coop.wire import Sealer, _payload
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

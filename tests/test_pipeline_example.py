@@ -32,7 +32,8 @@ import pytest
 import xarray as xr
 import zarr.storage
 
-from icechunk_coop import METADATA_KEY, icechunk_storage
+from icechunk_coop import icechunk_storage
+from icechunk_coop.inspect import METADATA_KEY
 from icechunk_coop.testing import LocalS3
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,19 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from icechunk_coop import (
-    ConfigurationError,
+from icechunk_coop import ConfigurationError, WaitPolicy
+from icechunk_coop.errors import (
     ForeignPayloadError,
     PayloadAuthenticationError,
     PayloadError,
     PayloadFormatError,
-    Rendezvous,
-    Sealer,
-    WaitPolicy,
     WaitTimeoutError,
     WorkerFailedError,
-    normalise_url,
 )
+from icechunk_coop.rendezvous import Rendezvous, normalise_url
+from icechunk_coop.wire import Sealer
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 FAST = WaitPolicy(timeout=1.0, initial_interval=0.05, max_interval=0.2)

@@ -17,9 +17,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from icechunk_coop import SECRET_ENV, ConfigurationError, ProgressReader, Span, Timeline
+from icechunk_coop import SECRET_ENV, ConfigurationError
 from icechunk_coop.cli import main, report
 from icechunk_coop.cli._gantt import draw_timeline
+from icechunk_coop.inspect import ProgressReader, Span, Timeline
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
 SECRET = "report-test-secret-0123456789abcdef"

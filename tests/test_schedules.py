@@ -20,7 +20,8 @@ import s3fs
 import zarr
 from hypothesis import HealthCheck, Phase, given, settings
 
-from icechunk_coop import icechunk_storage, job_branch_prefix
+from icechunk_coop import icechunk_storage
+from icechunk_coop.inspect import job_branch_prefix
 from icechunk_coop.testing import CRASH_EXIT_CODE, FaultProxy, LocalS3, fault_proxy
 from schedules import (
     DEADLINE,
@@ -148,7 +149,7 @@ def test_the_judge_sees_every_kind_of_broken_run(s3_env: LocalS3) -> None:
 
 def test_a_leftover_branch_is_excused_only_if_its_maker_died_and_nobody_came_after() -> None:
     branch = job_branch_prefix("j-u") + "0123abcd"
-    made = f"INFO icechunk_coop._icechunk_driver: job 'j-u': merging primary on {branch}\n"
+    made = f"INFO icechunk_coop.targets._icechunk: job 'j-u': merging primary on {branch}\n"
     ok = 'OUTCOME {"status": "committed", "snapshots": {}}\n'
     died = _Ended(pod=Pod(index=1, twin=True), code=CRASH_EXIT_CODE, output=made, killed=False,
                   started=2.0, ended=5.0)  # fmt: skip

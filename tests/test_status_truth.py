@@ -21,20 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from icechunk_coop import (
-    SECRET_ENV,
-    ConfigurationError,
-    PayloadAuthenticationError,
-    PayloadFormatError,
-    ProgressReader,
-    Rendezvous,
-    Sealer,
-    _payload,
-)
-from icechunk_coop._records import SETUP, Setup, SetupHeader, result_name
+from icechunk_coop import SECRET_ENV, ConfigurationError
 from icechunk_coop.cli import build_parser, main, report, status
 from icechunk_coop.cli._parser import STATUS_EXIT
+from icechunk_coop.errors import PayloadAuthenticationError, PayloadFormatError
+from icechunk_coop.inspect import ProgressReader
+from icechunk_coop.rendezvous import Rendezvous
 from icechunk_coop.testing import start_workers
+from icechunk_coop.wire import Sealer, _payload
+from icechunk_coop.wire._records import SETUP, Setup, SetupHeader, result_name
 
 WORKER = str(Path(__file__).with_name("status_worker.py"))
 SECRET = "status-truth-secret-0123456789abcdef"

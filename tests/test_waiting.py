@@ -9,8 +9,8 @@ import time
 import pytest
 
 from icechunk_coop import ConfigurationError, WaitPolicy, WorkerIdentity
-from icechunk_coop._meeting import meeting_for
-from icechunk_coop._waiting import (
+from icechunk_coop.protocol._context import meeting_for
+from icechunk_coop.rendezvous._waiting import (
     DEADLINE_ENV,
     deadline_margin,
     policy_for_environment,

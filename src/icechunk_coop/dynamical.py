@@ -16,7 +16,7 @@ went. With this adapter ``backfill`` and ``update`` both call
    :meth:`DynamicalDataset.write_final_metadata`, an update is refused if it
    would shrink what readers see, and the job commits once.
 
-How the workers coordinate is :mod:`icechunk_coop.cooperative`'s business; a
+How the workers coordinate is :mod:`icechunk_coop.protocol._cooperative`'s business; a
 dataset supplies stores, jobs and metadata, nothing more.
 """
 
@@ -32,13 +32,13 @@ import attrs
 import zarr
 import zarr.abc.store
 
-from icechunk_coop._errors import ConfigurationError, ShrinkRefusedError
-from icechunk_coop._identity import WorkerIdentity
-from icechunk_coop._loop import Loop, run_region_jobs
-from icechunk_coop._targets import IcechunkTarget, Stores, Target, ZarrTarget
-from icechunk_coop._waiting import WaitPolicy
-from icechunk_coop._zarr_staging import open_zarr_store
-from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
+from icechunk_coop.errors import ConfigurationError, ShrinkRefusedError
+from icechunk_coop.identity._worker import WorkerIdentity
+from icechunk_coop.jobs._loop import Loop, run_region_jobs
+from icechunk_coop.protocol._cooperative import CooperativeJob, WorkerOutcome
+from icechunk_coop.rendezvous._waiting import WaitPolicy
+from icechunk_coop.targets._targets import IcechunkTarget, Stores, Target, ZarrTarget
+from icechunk_coop.targets._zarr_staging import open_zarr_store
 
 __all__ = [
     "DynamicalDataset",

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from icechunk_coop import METADATA_KEY, ConfigurationError, CoopError
+from icechunk_coop import ConfigurationError, CoopError
 from icechunk_coop.cli._run_local import run_local
 from icechunk_coop.cli._words import describe_exit, plural
+from icechunk_coop.inspect import METADATA_KEY
 
 __all__ = ["cmd_demo", "demo"]
 

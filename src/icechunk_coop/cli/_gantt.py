@@ -11,7 +11,8 @@ from pathlib import Path
 
 import attrs
 
-from icechunk_coop import ConfigurationError, Timeline
+from icechunk_coop import ConfigurationError
+from icechunk_coop.inspect import Timeline
 
 __all__ = ["Bar", "Chart", "draw_timeline"]
 

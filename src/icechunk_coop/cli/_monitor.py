@@ -17,7 +17,6 @@ from typing import IO
 import attrs
 
 from icechunk_coop.cli._controller import LocalJob
-from icechunk_coop.cli._run_local import _isatty
 from icechunk_coop.cli._view import (
     LineView,
     RegionCount,
@@ -26,6 +25,7 @@ from icechunk_coop.cli._view import (
     region_jobs_from_line,
 )
 from icechunk_coop.cli._watch import Follower, open_view
+from icechunk_coop.cli._words import isatty
 
 __all__ = ["JobMonitor"]
 
@@ -53,7 +53,7 @@ class JobMonitor:
             self.view = None  # plain output and nothing to read: the controller's lines say it
         self.live = self.view is not None and not isinstance(self.view, LineView)
         self.err = self.view.out if self.live and self.view is not None else err
-        self.out = self.err if self.live and _isatty(out) else out
+        self.out = self.err if self.live and isatty(out) else out
         self._follower = (
             None
             if rendezvous is None

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from icechunk_coop import SECRET_ENV, ProgressReader, Timeline
+from icechunk_coop import SECRET_ENV
 from icechunk_coop.cli._status import storage_errors
 from icechunk_coop.cli._words import plural, workers
+from icechunk_coop.inspect import ProgressReader, Timeline
 
 __all__ = ["cmd_report", "describe", "report"]
 

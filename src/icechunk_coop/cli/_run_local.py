@@ -16,7 +16,7 @@ from typing import IO
 from icechunk_coop import SECRET_ENV, ConfigurationError, WorkerIdentity
 from icechunk_coop.cli._controller import JobResult, LocalJob
 from icechunk_coop.cli._secrets import Secret, resolve_secret
-from icechunk_coop.cli._words import describe_exit, listing, plural, workers
+from icechunk_coop.cli._words import describe_exit, isatty, listing, plural, workers
 
 __all__ = [
     "DEFAULT_BACKOFF_LIMIT",
@@ -104,7 +104,7 @@ def run_local(
             err=err,
         )
         out, err = monitor.out, monitor.err
-    if not _isatty(out):
+    if not isatty(out):
         env.setdefault("NO_COLOR", "1")  # icechunk's Rust logs colour even a pipe otherwise
     job = LocalJob(
         command,
@@ -125,14 +125,6 @@ def run_local(
         return job.run()
     finally:
         monitor.close()
-
-
-def _isatty(stream: IO[str]) -> bool:
-    probe = getattr(stream, "isatty", None)
-    try:
-        return bool(callable(probe) and probe())
-    except ValueError:  # a closed stream
-        return False
 
 
 def split_job_id(job_id: str) -> tuple[str, str]:

@@ -15,23 +15,20 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     import icechunk
 
-from icechunk_coop import (
-    SECRET_ENV,
-    ConfigurationError,
+from icechunk_coop import SECRET_ENV, ConfigurationError, icechunk_storage
+from icechunk_coop.cli._parser import STATUS_EXIT
+from icechunk_coop.cli._words import ranges
+from icechunk_coop.errors import MissingLocationError, StorageUnreachableError
+from icechunk_coop.inspect import (
     JobListing,
     JobStatus,
-    MissingLocationError,
-    StorageUnreachableError,
     delete_temporary_branches,
     find_jobs,
-    icechunk_storage,
     list_jobs,
     read_job,
     remove_job,
     temporary_branches,
 )
-from icechunk_coop.cli._parser import STATUS_EXIT
-from icechunk_coop.cli._words import ranges
 
 __all__ = ["clean", "cmd_clean", "cmd_status", "parse_age", "status", "storage_errors"]
 

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Literal, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    from icechunk_coop import JobProgress
+    from icechunk_coop.inspect import JobProgress
 
 from icechunk_coop.cli._words import describe_exit, plural
 

@@ -12,8 +12,9 @@ import threading
 import time
 from typing import IO
 
-from icechunk_coop import SECRET_ENV, JobProgress, ProgressReader
+from icechunk_coop import SECRET_ENV
 from icechunk_coop.cli._view import LineView, Snapshot, View
+from icechunk_coop.inspect import JobProgress, ProgressReader
 
 __all__ = ["DEFAULT_INTERVAL", "Follower", "open_view", "watch"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterable
+from typing import IO
 
-__all__ = ["describe_exit", "listing", "plural", "ranges", "workers"]
+__all__ = ["describe_exit", "isatty", "listing", "plural", "ranges", "workers"]
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
@@ -48,3 +49,12 @@ def describe_exit(code: int) -> str:
     except ValueError:
         name = f"signal {-code}"
     return f"killed by {name}"
+
+
+def isatty(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (a closed stream is not)."""
+    probe = getattr(stream, "isatty", None)
+    try:
+        return bool(callable(probe) and probe())
+    except ValueError:  # a closed stream
+        return False

@@ -37,10 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from icechunk_coop._loop import run_region_jobs
-from icechunk_coop._targets import IcechunkTarget, Target
-from icechunk_coop._waiting import WaitPolicy
-from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
+from icechunk_coop.jobs._loop import run_region_jobs
+from icechunk_coop.protocol._cooperative import CooperativeJob, WorkerOutcome
 from icechunk_coop.reformatters._run import Run
 from icechunk_coop.reformatters._shapes import (
     DatasetLike,
@@ -56,6 +54,8 @@ from icechunk_coop.reformatters._stores import (
     rendezvous_of,
     targets_of,
 )
+from icechunk_coop.rendezvous._waiting import WaitPolicy
+from icechunk_coop.targets._targets import IcechunkTarget, Target
 
 __all__ = [
     "DatasetLike",

@@ -7,9 +7,8 @@ from typing import Any, TypeGuard
 
 import attrs
 
-from icechunk_coop._errors import ConfigurationError
-from icechunk_coop._loop import Loop
-from icechunk_coop._targets import Stores
+from icechunk_coop.errors import ConfigurationError
+from icechunk_coop.jobs._loop import Loop
 from icechunk_coop.reformatters._shapes import (
     DatasetLike,
     Helpers,
@@ -17,6 +16,7 @@ from icechunk_coop.reformatters._shapes import (
     RegionJobLike,
     VirtualRegionJobLike,
 )
+from icechunk_coop.targets._targets import Stores
 
 __all__ = ["Run"]
 

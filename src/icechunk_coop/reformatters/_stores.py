@@ -8,11 +8,11 @@ from typing import Any
 import zarr.storage
 from zarr.abc.store import Store
 
-from icechunk_coop._errors import ConfigurationError, CoopError
-from icechunk_coop._identity import WorkerIdentity
-from icechunk_coop._loop import Assignment
-from icechunk_coop._targets import IcechunkTarget, Target, ZarrTarget
+from icechunk_coop.errors import ConfigurationError, CoopError
+from icechunk_coop.identity._worker import WorkerIdentity
+from icechunk_coop.jobs._loop import Assignment
 from icechunk_coop.reformatters._shapes import RegionJobClassLike, StoreFactoryLike
+from icechunk_coop.targets._targets import IcechunkTarget, Target, ZarrTarget
 
 __all__ = ["assignment_of", "identity_of", "rendezvous_of", "targets_of"]
 

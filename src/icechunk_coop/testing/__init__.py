@@ -35,8 +35,8 @@ raises :class:`Killed`, a pod dying), and the environment variable
 :data:`CRASH_ENV` makes a worker process exit there.
 """
 
-from icechunk_coop._crash import CRASH_ENV, CRASH_EXIT_CODE
-from icechunk_coop._crash import POINTS as CRASH_POINTS
+from icechunk_coop.protocol._crash import CRASH_ENV, CRASH_EXIT_CODE
+from icechunk_coop.protocol._crash import POINTS as CRASH_POINTS
 from icechunk_coop.testing._crash_points import Killed, at_crash_point, crash_point
 from icechunk_coop.testing._servers import (
     LOOPBACK,

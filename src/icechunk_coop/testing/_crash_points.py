@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from icechunk_coop import _crash
-from icechunk_coop._crash import POINTS as CRASH_POINTS
+from icechunk_coop.protocol import _crash
+from icechunk_coop.protocol._crash import POINTS as CRASH_POINTS
 
 
 class Killed(BaseException):

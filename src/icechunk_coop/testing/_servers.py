@@ -247,14 +247,14 @@ def fault_proxy(
 
     See :class:`FaultProxy` for what each rate imitates; change them while it
     runs with :meth:`FaultProxy.set_rates`. The proxy runs ``python -m
-    icechunk_coop._faults`` on a loopback port; the control endpoints live
+    icechunk_coop.testing._faults`` on a loopback port; the control endpoints live
     under ``/_faults/`` (no bucket name can start with ``_``).
     """
     port = port or free_port()
     argv = [
         sys.executable,
         "-m",
-        "icechunk_coop._faults",
+        "icechunk_coop.testing._faults",
         "--port",
         str(port),
         "--upstream",

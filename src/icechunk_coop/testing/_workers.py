@@ -7,14 +7,14 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from icechunk_coop._identity import WorkerIdentity
-from icechunk_coop._ledger import job_of_commit
-from icechunk_coop._payload import SECRET_ENV
+from icechunk_coop.identity._worker import WorkerIdentity
+from icechunk_coop.wire._ledger import job_of_commit
+from icechunk_coop.wire._payload import SECRET_ENV
 
 if TYPE_CHECKING:
     import icechunk
 
-    from icechunk_coop.cooperative import CooperativeJob, WorkerOutcome
+    from icechunk_coop.protocol._cooperative import CooperativeJob, WorkerOutcome
 
 
 def run_in_process(

@@ -1,0 +1,436 @@
+"""The Icechunk driver: fork at the tip, merge on the base, rebase, compare-and-set.
+
+Why this sequence: merging forks into a session opened *after* another
+writer committed silently overwrites that writer's changes (RESEARCH.md,
+"the silent-overwrite trap"). So the merge happens on a temporary branch
+created at the forks' own base S0; if the target moved since, the merged
+session is rebased with ``ConflictDetector`` (a clean rebase or an error,
+never an overwrite) and the target branch is moved by compare-and-set from
+the very tip that was checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import attrs
+import icechunk
+
+from icechunk_coop.errors import (
+    AlreadyCommittedError,
+    CommitConflictError,
+    ForeignPayloadError,
+    MissingLocationError,
+)
+from icechunk_coop.targets._drivers import BranchMoved, Store
+from icechunk_coop.targets._overlap import UNKNOWN, RecordingStore, fork_changes
+from icechunk_coop.targets._targets import IcechunkTarget
+from icechunk_coop.wire._ledger import (
+    Provenance,
+    attempt_branch,
+    find_job_commit,
+    find_job_snapshot,
+    job_branch_prefix,
+)
+from icechunk_coop.wire._records import IcechunkSetup, TargetSetup, Writes
+
+__all__ = ["IcechunkDriver"]
+
+log = logging.getLogger(__name__)
+
+#: How long worker 0 waits for another creator (a twin) to finish a repository.
+CREATOR_GRACE = 20.0
+
+_MISSING_BUCKET = ("nosuchbucket", "bucket does not exist", "specified bucket")
+
+
+def _describe(conflict: icechunk.Conflict) -> str:
+    """One line per conflict: what kind, where, and which chunks (a few of them)."""
+    text = f"{conflict.conflict_type} at {conflict.path}"
+    chunks = list(conflict.conflicted_chunks or [])
+    if chunks:
+        shown = ", ".join(str(tuple(c)) for c in chunks[:5])
+        more = f" and {len(chunks) - 5} more" if len(chunks) > 5 else ""
+        text += f" (chunks {shown}{more})"
+    return text
+
+
+def _written(session: icechunk.Session) -> dict[str, Any]:
+    diff = session.status()
+    return {
+        "chunks": {p: len(c) for p, c in sorted(diff.updated_chunks.items())},
+        "new_arrays": sorted(diff.new_arrays),
+        "updated_arrays": sorted(diff.updated_arrays),
+        "new_groups": sorted(diff.new_groups),
+        "updated_groups": sorted(diff.updated_groups),
+    }
+
+
+@attrs.frozen(kw_only=True)
+class _Staging:
+    """Worker 0's fork of the target, and the check that the job is not done already.
+
+    ``done`` is the scan of the target for this job's own commit, running
+    beside ``prepare`` (a read of the refs that needs nothing prepare does):
+    :meth:`seal` waits for it, so no setup is published for a job that
+    committed meanwhile.
+    """
+
+    base: str
+    prepared: icechunk.ForkSession = attrs.field(repr=False)
+    done: Future[str | None] | None = attrs.field(default=None, repr=False)
+    job_id: str = ""
+
+    @property
+    def store(self) -> Store:
+        return self.prepared.store
+
+    def check(self) -> None:
+        found = self.done.result() if self.done is not None else None
+        if found is not None:
+            # A twin of this worker finished the whole job after our first look.
+            raise AlreadyCommittedError(job=self.job_id, snapshot=found)
+
+    def seal(self) -> TargetSetup:
+        self.check()
+        # Workers write into forks of a snapshot holding worker 0's changes (an
+        # anonymous one, written here when there are changes), never into copies
+        # of ``prepared`` itself: a copy would carry worker 0's chunk writes and
+        # deletions to every worker, and a copy merged after another worker's
+        # would put them back over that worker's chunks, silently.
+        return IcechunkSetup(base=self.base, prepared=self.prepared, fork=self.prepared.fork())
+
+
+def _private_copy(fork: icechunk.ForkSession) -> icechunk.ForkSession:
+    """A fork of one's own to write into, with nothing written to storage.
+
+    ``fork`` holds no changes (the setup's fork of worker 0's snapshot), so a
+    pickled copy is the same as ``fork.fork()`` without its round trips.
+    """
+    copy: icechunk.ForkSession = pickle.loads(pickle.dumps(fork))
+    return copy
+
+
+@attrs.frozen(kw_only=True)
+class _Fork:
+    session: icechunk.ForkSession = attrs.field(repr=False)
+    store: RecordingStore = attrs.field(repr=False)
+
+    def writes(self) -> Writes:
+        # The fork's own change set, listed here on the worker (a few ms each, in
+        # parallel) rather than by the last worker for every fork in turn.
+        changed = fork_changes(self.session, Writes(keys=dict(self.store.written)))
+        return Writes(keys={key: dig or UNKNOWN for key, dig in changed.items()})
+
+
+@attrs.define(kw_only=True)
+class _Merge:
+    """Every fork merged in a session based on the job's base S0, not committed yet.
+
+    Two ways, one invariant (the merge's base is S0, RESEARCH.md's trap):
+
+    - **on the target** (``on_target``): when the target branch still points
+      at S0 as the merge opens (the usual case), the session is opened on the
+      target branch itself. Its commit is icechunk's compare-and-set of that
+      branch from S0: it lands only if nothing, this job's commit included,
+      landed since. One ref update, no temporary branch to create, reset or
+      delete.
+    - **on a temporary branch** created at S0, when the target has moved:
+      reset to the tip that ``landed`` checked, rebased with conflict
+      detection, and the target moved by ``reset_branch`` from that tip.
+
+    A target that moves under an on-target merge makes its commit raise
+    :class:`BranchMoved` (``fast=True``), and the retry merges again on a
+    temporary branch.
+    """
+
+    target: IcechunkTarget
+    job_id: str
+    base: str
+    branch: str
+    repo: icechunk.Repository = attrs.field(repr=False)
+    session: icechunk.Session = attrs.field(repr=False)
+    run_start: str | None = None
+    tip: str | None = None
+    on_target: bool = False
+
+    @property
+    def store(self) -> Store:
+        return self.session.store
+
+    def add(
+        self, forks: Sequence[icechunk.ForkSession | None], writes: Sequence[Writes] = ()
+    ) -> None:
+        present = [f for f in forks if f is not None]
+        if present:
+            self.session.merge(*present)
+
+    def landed(self, *, alone: bool = False) -> str | None:
+        if self.on_target and alone:
+            # The only target, merged on the branch itself at S0: the commit's
+            # compare-and-set from S0 is the check (the job's commit, if any,
+            # would sit above S0), so no read is needed before it.
+            self.tip = self.base
+            return None
+        # The check and the tip come from one read of the branch: the
+        # compare-and-set later moves the branch only from that very tip, so a
+        # twin finalizer that committed after this read makes ours fail (and
+        # the next attempt find its commit) instead of landing twice.
+        self.tip = self.repo.lookup_branch(self.target.branch)
+        if self.tip == self.base:
+            return None  # nothing above the base; the base is never the job's own commit
+        return find_job_commit(self.repo, self.tip, self.job_id, self.base, start=self.run_start)
+
+    def rebase(self, *, committed: Sequence[str]) -> None:
+        assert self.tip is not None, "landed() reads the tip first"
+        if self.tip == self.base:
+            return
+        if self.on_target:
+            # A session on the target itself would rebase onto whatever tip it
+            # reads then, unchecked: merge again on a temporary branch instead.
+            raise BranchMoved(self.target.name, fast=True)
+        log.info("job %r: %s moved since setup; rebasing", self.job_id, self.target.name)
+        self.repo.reset_branch(self.branch, self.tip)
+        try:
+            self.session.rebase(icechunk.ConflictDetector())
+        except icechunk.RebaseFailedError as exc:
+            raise CommitConflictError(
+                job=self.job_id,
+                target=self.target.name,
+                conflicts=[_describe(c) for c in exc.conflicts] or [str(exc)],
+                committed=sorted(committed),
+            ) from exc
+
+    def commit(self, message: str, provenance: Provenance) -> str | None:
+        assert self.tip is not None, "landed() reads the tip first"
+        if not self.session.has_uncommitted_changes:
+            # No worker wrote anything and finalize changed nothing: an empty
+            # snapshot would only add noise to the history (and tell readers
+            # that data arrived). The target stays as it is.
+            log.info("job %r: nothing to commit on %s", self.job_id, self.target.name)
+            return None
+        metadata = provenance.metadata(
+            target=self.target.name, base=self.base, written=_written(self.session)
+        )
+        if self.on_target:
+            # Atomic: icechunk moves the branch from S0 by compare-and-set.
+            try:
+                return str(self.session.commit(message, metadata=metadata, allow_empty=True))
+            except icechunk.ConflictError as exc:
+                raise BranchMoved(self.target.name, fast=True) from exc
+        snapshot = self.session.commit(message, metadata=metadata, allow_empty=True)
+        try:
+            # Atomic: the target moves only from the tip ``landed`` checked.
+            self.repo.reset_branch(self.target.branch, snapshot, from_snapshot_id=self.tip)
+        except icechunk.ConflictError as exc:
+            raise BranchMoved(self.target.name) from exc
+        return snapshot
+
+    def discard(self) -> None:
+        if self.on_target:
+            return  # nothing was made beside the target
+        try:
+            self.repo.delete_branch(self.branch)
+        except icechunk.IcechunkError as exc:  # a twin's cleanup deleted it first: fine
+            log.debug("deleting %s: %s", self.branch, exc)
+
+
+@attrs.frozen(kw_only=True)
+class IcechunkDriver:
+    """Drives one Icechunk repository branch.
+
+    The repository is opened once per worker and reused by every step: each
+    open builds a storage client and reads the repository's config, and a
+    finalizer used to pay that four times (the start's scan, the merge, the
+    check, the cleanup). A ``Repository`` reads refs afresh on every call, so
+    reusing one never hides another writer's commit.
+    """
+
+    target: IcechunkTarget
+    job_id: str
+    scan: int
+    #: This run's job start, for a job known by its name alone (see ``find_job_snapshot``).
+    run_start: str | None = None
+    _opened: list[icechunk.Repository] = attrs.field(factory=list, init=False, eq=False, repr=False)
+    #: Opening happens once, whichever thread comes first (warming up, the start's scan).
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, eq=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def needs_fork(self) -> bool:
+        return True
+
+    def _open(self, *, create: bool) -> icechunk.Repository:
+        with self._lock:
+            return self._open_once(create=create)
+
+    def _open_once(self, *, create: bool) -> icechunk.Repository:
+        if self._opened:
+            return self._opened[0]
+        try:
+            repo = self.target.open(create=create)
+        except icechunk.IcechunkError as exc:
+            text = str(exc).lower()
+            if any(marker in text for marker in _MISSING_BUCKET):
+                raise MissingLocationError(
+                    url=self.target.location, role=f"the bucket of target {self.name!r}"
+                ) from exc
+            raise
+        self._opened.append(repo)
+        return repo
+
+    def connect(self) -> None:
+        # The storage client and the config read, while the worker's first reads run.
+        # A repository that is not there yet (a backfill creates it) or any other
+        # failure is left to the step that needs the repository: it says so clearly.
+        with contextlib.suppress(Exception):
+            self._open(create=False)
+
+    def find_commit(self, base: str | None) -> str | None:
+        try:
+            repo = self._open(create=False)
+            tip = repo.lookup_branch(self.target.branch)
+        except icechunk.IcechunkError:
+            return None  # no repository or branch yet: nothing can have been committed
+        return find_job_commit(repo, tip, self.job_id, base, self.scan, self.run_start)
+
+    def _finished_by_another(self, refused: icechunk.IcechunkError) -> icechunk.Repository:
+        """The repository another creator is finishing, or why there will be none.
+
+        icechunk creates a repository by writing its first snapshot and
+        transaction log, then the ``repo`` object; a creator killed in between
+        leaves a prefix that is neither empty nor a repository, and every
+        later create is refused ("only be created in clean prefixes"). A live
+        twin of worker 0 may be in that window: wait for its ``repo`` a
+        while. Past that, the creator is dead; nothing of any job is there,
+        but deleting objects from a store is the operator's call, so the
+        error lists them and says so.
+        """
+        storage = self.target.storage
+        deadline = time.monotonic() + CREATOR_GRACE
+        while time.monotonic() < deadline:
+            if icechunk.Repository.exists(storage):
+                return self._open(create=False)
+            time.sleep(0.5)
+        try:
+            keys = sorted(info.key for info in storage.list_objects_metadata())
+        except icechunk.IcechunkError:
+            keys = []
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        raise MissingLocationError(
+            url=self.target.location,
+            role=f"the repository of target {self.name!r}",
+            detail=f"its creation was cut short (a pod killed while creating it): the prefix "
+            f"holds {shown or 'objects'} but no repository, and icechunk creates only in an "
+            "empty prefix",
+            fix="delete those objects (they hold no data)",
+        ) from refused
+
+    def stage(self, *, primary: bool) -> _Staging:
+        try:
+            repo = self._open(create=self.target.create)
+        except icechunk.IcechunkError as exc:
+            if self.target.create and "clean prefix" in str(exc):
+                repo = self._finished_by_another(exc)
+            elif self.target.create or "doesn't exist" not in str(exc):
+                raise
+            else:
+                raise MissingLocationError(
+                    url=self.target.location,
+                    role=f"the repository of target {self.name!r}",
+                    detail="this job extends a dataset and may not create one (create=False)",
+                    fix="check the URL, or run a backfill first",
+                ) from exc
+        # A clean fork of the target branch: its base S0 is the snapshot the
+        # session read, so nothing can slip in between reading S0 and forking.
+        # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
+        session = repo.writable_session(self.target.branch)
+        base = session.snapshot_id
+        if primary:
+            # A twin of this worker may have finished the whole job after our
+            # first look: a base read now would sit above the job's commit, and
+            # every later check scans only down to the base. The scan runs
+            # while worker 0 prepares; the setup is sealed only once it is clear.
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icechunk-coop-scan")
+            try:
+                done = pool.submit(
+                    find_job_commit, repo, base, self.job_id, None, self.scan, self.run_start
+                )
+            finally:
+                pool.shutdown(wait=False)
+            return _Staging(base=base, prepared=session.fork(), done=done, job_id=self.job_id)
+        found = find_job_snapshot(repo, base, self.job_id, None, self.scan, self.run_start)
+        if found is not None and found.parent_id is not None:
+            # This replica holds the job from an attempt whose setup is gone (a
+            # one-worker job restarted between targets): stage at the job's own
+            # base, so the merge finds the job landed here and leaves it alone.
+            branch = attempt_branch(self.job_id)
+            log.info("job %r: %s holds the job already; staging at its base on %s", self.job_id,
+                     self.name, branch)  # fmt: skip
+            repo.create_branch(branch, found.parent_id)
+            session = repo.writable_session(branch)
+        return _Staging(base=session.snapshot_id, prepared=session.fork())
+
+    def _own(self, state: TargetSetup) -> IcechunkSetup:
+        if not isinstance(state, IcechunkSetup):
+            raise ForeignPayloadError(
+                location=f"setup of target {self.name!r}",
+                reason="it was set up as a plain zarr target, this worker has an Icechunk one",
+            )
+        return state
+
+    def fork(self, state: TargetSetup) -> _Fork:
+        # A private copy: the setup record may be shared within a process.
+        session = _private_copy(self._own(state).fork)
+        return _Fork(session=session, store=RecordingStore(session.store))
+
+    def changes(
+        self, fork: icechunk.ForkSession | None, writes: Writes | None
+    ) -> dict[str, str | None]:
+        if writes is None:  # a result of a release before workers listed their changes
+            return {} if fork is None else fork_changes(fork, Writes())
+        return {key: (None if dig == UNKNOWN else dig) for key, dig in writes.keys.items()}
+
+    def merge(self, state: TargetSetup, forks: Sequence[icechunk.ForkSession | None]) -> _Merge:
+        own = self._own(state)
+        repo = self._open(create=False)
+        session = repo.writable_session(self.target.branch)
+        on_target = session.snapshot_id == own.base
+        branch = self.target.branch
+        if not on_target:  # the target moved since the setup: merge beside it, at S0
+            branch = attempt_branch(self.job_id)
+            # Named in the log: a pod killed while holding it leaves it for `clean`,
+            # and the log says whose it was.
+            log.info("job %r: merging %s on %s", self.job_id, self.name, branch)
+            repo.create_branch(branch, own.base)
+            session = repo.writable_session(branch)
+        session.merge(own.prepared, *[f for f in forks if f is not None])
+        return _Merge(
+            target=self.target,
+            job_id=self.job_id,
+            base=own.base,
+            branch=branch,
+            repo=repo,
+            session=session,
+            run_start=self.run_start,
+            on_target=on_target,
+        )
+
+    def cleanup(self) -> None:
+        repo = self._open(create=False)
+        prefix = job_branch_prefix(self.job_id)
+        for branch in sorted(b for b in repo.list_branches() if b.startswith(prefix)):
+            try:
+                repo.delete_branch(branch)
+            except icechunk.IcechunkError as exc:  # a twin deleted it first: fine
+                log.debug("deleting %s: %s", branch, exc)
