@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import icechunk
+import pytest
 import zarr
 
 from icechunk_coop import (
@@ -21,7 +22,11 @@ from icechunk_coop import (
     Stores,
     WorkerIdentity,
     WorkerOutcome,
+    commit_merged,
+    get_forked_session,
+    get_merged_sessions,
 )
+from icechunk_coop.errors import BranchKeptMovingError
 from icechunk_coop.testing import at_crash_point, job_commits
 from icechunk_coop.wire._records import COMMITTED
 
@@ -205,3 +210,35 @@ def test_worker_0s_chunk_changes_never_come_back_over_a_workers_chunks(tmp_path:
     assert outcome.status == "committed"
     session = repo(tmp_path).readonly_session(branch="main")
     assert zarr.open_array(session.store, path="a", mode="r")[:].tolist() == [0, 0, 10, 11, 12]
+
+
+def test_a_callers_finalized_merge_is_never_committed_again_without_its_finalize(
+    tmp_path: Path,
+) -> None:
+    """The step API: final metadata written into ``merged`` by hand, no ``finalize``
+    given. If the target moves under the commit, a new merge would lack that
+    metadata: the commit stops, naming the move, and nothing of the job lands."""
+    seed(tmp_path)
+    make(tmp_path, 0).run(work=lambda stores: write_own_chunk(stores, 0), message="cp")
+    last = make(tmp_path, 1)
+    forks = get_forked_session(last)
+    write_own_chunk(forks.stores, 1)
+    merged = get_merged_sessions(last, forks)
+    zarr.open_array(merged.stores.primary, path="a", mode="r+").attrs["final"] = True
+    other = repo(tmp_path).writable_session("main")
+    zarr.open_group(other.store, mode="a").attrs["other"] = 1
+    moved = other.commit("another writer")
+    with pytest.raises(BranchKeptMovingError, match="cp-u"):
+        commit_merged(last, merged, message="cp")
+    assert history(tmp_path)[0] == moved
+    assert job_commits(repo(tmp_path), "cp-u") == []
+    # Given the finalize, the same commit rebuilds the merge beside main and lands it.
+    snapshots = commit_merged(
+        last, merged, message="cp",
+        finalize=lambda stores, results: zarr.open_array(
+            stores.primary, path="a", mode="r+"
+        ).attrs.update(final=True),
+    )  # fmt: skip
+    root = zarr.open_group(repo(tmp_path).readonly_session("main").store, mode="r")
+    assert history(tmp_path)[0] == snapshots["primary"]
+    assert list(root["a"][:]) == [1, 2] and root["a"].attrs["final"] and root.attrs["other"] == 1

@@ -44,6 +44,7 @@ from icechunk_coop.protocol._work import Forks
 from icechunk_coop.rendezvous._meeting import MeetingPoint
 from icechunk_coop.rendezvous._waiting import WaitPolicy
 from icechunk_coop.targets import driver_for
+from icechunk_coop.targets._drivers import BranchMoved
 from icechunk_coop.targets._targets import Stores, Target
 from icechunk_coop.wire._ledger import DEFAULT_SCAN
 from icechunk_coop.wire._markers import Committed
@@ -313,14 +314,10 @@ class CooperativeJob:
                     else:
                         merged = _finalize.pin_and_merge(ctx, setup, results, streamed)
                         pinned = merged.plan
+                        if finalize is not None:
+                            finalize(merged.stores, merged.results)
                     snapshots = _finalize.commit(
-                        ctx,
-                        setup,
-                        pinned,
-                        message=message,
-                        finalize=finalize,
-                        merged=merged,
-                        finalized=False,
+                        ctx, setup, pinned, message=message, finalize=finalize, merged=merged
                     )
                 timeline = {r.index: r.timeline for r in pinned}
                 timeline[me.worker_index] = {**timeline.get(me.worker_index, {}), **clock.spans}
@@ -410,7 +407,13 @@ def commit_merged(
     """
     ctx = job._ctx
     if finalize is None:
+        # What was written into ``merged`` cannot be written again: the first
+        # attempt is the only one, and a merge made for another stops it.
         ctx = attrs.evolve(ctx, commit_attempts=1)
+
+        def finalize(stores: Stores, results: Sequence[Any]) -> None:
+            raise BranchMoved(ctx.primary.name)
+
     snapshots = _finalize.commit(
         ctx, merged.setup, merged.plan, message=message, finalize=finalize, merged=merged
     )

@@ -378,52 +378,49 @@ def commit(
     message: Message,
     finalize: Finalize | None,
     merged: Merged | None = None,
-    finalized: bool = True,
 ) -> dict[str, str]:
     """Merge, finalize and commit every target that does not hold this job yet.
 
-    Retried while a target branch moves under the attempt (or a twin
-    finalizer deletes the temporary branch under it), up to
-    ``ctx.commit_attempts`` times; each retry rebuilds the merge. A
-    ``merged`` given serves the first attempt; ``finalized`` says whether
-    ``finalize`` was applied to it already (the step API's caller does that).
+    ``merged``, if given, is a merge of ``plan`` that its caller finalized
+    already: the first attempt commits it as it is. Every merge made here (the
+    first, without one; each retry) gets ``finalize`` once it is clear that
+    some target still lacks the job. Retried while a target branch moves under
+    the attempt (or a twin finalizer deletes the temporary branch under it), up
+    to ``ctx.commit_attempts`` times. A merge made on the target branch itself
+    that finds it moved is followed at once by one beside it, in the same
+    attempt: that miss cost one compare-and-set, not an attempt.
     """
-    attempts, fast_misses = [0], [0]
+    handed = [merged] if merged is not None else []
     done: dict[str, str] = {}
+    apply = None if finalize is None else (lambda m: finalize(m.stores, m.results))
+
+    def settle(current: Merged, fin: Callable[[Merged], None] | None) -> dict[str, str]:
+        try:
+            return commit_once(ctx, current, message, done, fin)
+        except Exception:
+            # This merge will not commit: its temporary branches go now, not at
+            # a cleanup that a failed job never reaches.
+            each(lambda m: m.discard(), list(current.merges.values()))
+            raise
 
     def attempt() -> dict[str, str]:
-        attempts[0] += 1
-        current = merged if merged is not None and attempts[0] == 1 else None
-        if current is None:
-            current = merge(ctx, setup, plan)
-        run = finalize is not None and (current is not merged or not finalized)
+        current, fin = (handed.pop(), None) if handed else (merge(ctx, setup, plan), apply)
         try:
-            return commit_once(
-                ctx, current, message, done,
-                (lambda m: finalize(m.stores, m.results)) if run and finalize else None,
-            )  # fmt: skip
-        except Exception as exc:
-            # This attempt will not commit: its temporary branches go now, not
-            # at a cleanup that a failed job never reaches.
-            each(lambda m: m.discard(), list(current.merges.values()))
-            if isinstance(exc, BranchMoved) and exc.fast:
-                fast_misses[0] += 1
-            raise
+            return settle(current, fin)
+        except BranchMoved as exc:
+            if not exc.fast:
+                raise
+        log.info("%s: a target moved under the merge on it; merging beside it", ctx.where)
+        return settle(merge(ctx, setup, plan), apply)
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.info("%s: commit attempt %d did not land (%s)", ctx.where, state.attempt_number,
                  summary(exc)[:200] if exc else "?")  # fmt: skip
 
-    def stop(state: tenacity.RetryCallState) -> bool:
-        counted = state.attempt_number - fast_misses[0]
-        return counted >= ctx.commit_attempts or state.attempt_number >= 2 * ctx.commit_attempts
-
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((BranchMoved, icechunk.RefNotFoundError)),
-        # A merge on the target branch that found it moved is not an attempt
-        # that failed: the next merges beside it, as every attempt did before.
-        stop=stop,
+        stop=tenacity.stop_after_attempt(ctx.commit_attempts),
         before_sleep=log_retry,
         wait=tenacity.wait_none(),
         reraise=True,
