@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from icechunk_coop.errors import MissingSecretError
+from icechunk_coop.errors import AlreadyCommittedError, MissingSecretError
 from icechunk_coop.identity._worker import WorkerIdentity
 from icechunk_coop.rendezvous._meeting import InProcessMeeting, MeetingPoint, StoredMeeting
 from icechunk_coop.rendezvous._rendezvous import Rendezvous
@@ -30,7 +30,16 @@ from icechunk_coop.wire._ledger import Provenance
 from icechunk_coop.wire._payload import INSECURE_ENV, SECRET_ENV, Sealer
 from icechunk_coop.wire._records import SETUP, result_name
 
-__all__ = ["JobContext", "Pinned", "StepClock", "failure_markers", "meeting_for", "summary"]
+__all__ = [
+    "Done",
+    "JobContext",
+    "Markers",
+    "Pinned",
+    "StepClock",
+    "failure_markers",
+    "meeting_for",
+    "summary",
+]
 
 log = logging.getLogger("icechunk_coop.protocol")
 
@@ -39,6 +48,30 @@ def summary(exc: BaseException) -> str:
     """An exception on one line (icechunk's errors span several, and end blank)."""
     lines = traceback.format_exception_only(exc)
     return " ".join(" ".join(line.split()) for line in lines if line.strip())[:1500]
+
+
+@attrs.frozen
+class Done:
+    """The job is committed already: nothing is left for this worker to do.
+
+    A normal outcome, not an error (a twin of this worker, or an earlier
+    attempt, finished the job), so the steps return it and the run returns
+    ``already-committed``. ``snapshot`` is the primary's commit of the job
+    when this worker found it there, else None (the ``committed`` marker
+    said so). Deep down, a wait that meets the marker raises
+    :class:`~icechunk_coop.errors.AlreadyCommittedError` to end itself; the
+    step that waited turns it into this.
+    """
+
+    snapshot: str | None = None
+
+    @classmethod
+    def of(cls, exc: AlreadyCommittedError) -> Done:
+        return cls(snapshot=exc.snapshot)
+
+    def error(self, job_id: str) -> AlreadyCommittedError:
+        """For the step functions, whose callers expect forks or a merge back."""
+        return AlreadyCommittedError(job=job_id, snapshot=self.snapshot)
 
 
 @attrs.define
@@ -124,19 +157,19 @@ class StepClock:
 
 
 @attrs.define
-class _Markers:
+class Markers:
     setup_published: bool = False
 
 
 @contextlib.contextmanager
-def failure_markers(ctx: JobContext) -> Iterator[_Markers]:
+def failure_markers(ctx: JobContext) -> Iterator[Markers]:
     """On an error, tell the job: this index failed (and the setup, if it was worker 0's).
 
     A ``BaseException`` that is not an ``Exception`` (a kill, Ctrl-C) leaves no
     marker, like a pod that is OOM-killed: the others wait for its retry.
     The error itself is raised, not logged: the caller reports it, once.
     """
-    state = _Markers()
+    state = Markers()
     try:
         yield state
     except Exception as exc:

@@ -34,10 +34,17 @@ from typing import Any, Literal
 
 import attrs
 
-from icechunk_coop.errors import AlreadyCommittedError, ConfigurationError
+from icechunk_coop.errors import ConfigurationError
 from icechunk_coop.identity._worker import WorkerIdentity
 from icechunk_coop.protocol import _crash, _finalize, _setup, _start, _work
-from icechunk_coop.protocol._context import JobContext, StepClock, failure_markers, meeting_for
+from icechunk_coop.protocol._context import (
+    Done,
+    JobContext,
+    Markers,
+    StepClock,
+    failure_markers,
+    meeting_for,
+)
 from icechunk_coop.protocol._finalize import Finalize, Merged, Message
 from icechunk_coop.protocol._setup import Prepare
 from icechunk_coop.protocol._work import Forks
@@ -273,59 +280,78 @@ class CooperativeJob:
         in index order: write final metadata there. ``message`` may be a
         callable, called at commit time (when the job's start is pinned).
         """
+        with failure_markers(self._ctx) as markers:
+            outcome = self._steps(markers, work, message, prepare, finalize)
+        if isinstance(outcome, Done):  # a twin, or an earlier attempt, finished the job
+            return self._already_committed(outcome.snapshot)
+        return outcome
+
+    def _steps(
+        self,
+        markers: Markers,
+        work: Work,
+        message: Message,
+        prepare: Prepare | None,
+        finalize: Finalize | None,
+    ) -> WorkerOutcome | Done:
+        """:meth:`run`'s steps; :class:`Done` as soon as one finds the job committed."""
         ctx, me, clock = self._ctx, self.identity, StepClock()
-        with failure_markers(ctx) as markers:
-            with clock.step("setup"):
-                start = _start.begin(ctx, self._warming)
-                if start.committed:
-                    return self._already_committed(start.snapshot)
-                _crash.reach("started")
-                try:
-                    setup = _setup.setup(ctx, prepare, start)
-                except AlreadyCommittedError as exc:
-                    return self._already_committed(exc.snapshot)
-            markers.setup_published = True
+        with clock.step("setup"):
+            start = _start.begin(ctx, self._warming)
+            if start.committed:
+                return Done(snapshot=start.snapshot)
+            _crash.reach("started")
+            setup = _setup.setup(ctx, prepare, start)
+            if isinstance(setup, Done):
+                return setup
+        markers.setup_published = True
+        plan = _finalize.checked_plan(ctx, setup, start.plan) if me.is_last else None
+        if plan is not None:
+            # A finalizer before us pinned what to commit: finish that, redo nothing.
+            log.info("%s: finishing the commit an earlier attempt began", ctx.where)
+            results, streamed = list(plan.results), None
+        else:
+            # The last worker opens its merges while it works: off the critical path.
+            opening = _finalize.open_merges_ahead(ctx, setup) if me.is_last else None
             try:
-                plan = _finalize.checked_plan(ctx, setup, start.plan) if me.is_last else None
-                if plan is not None:
-                    # A finalizer before us pinned what to commit: finish that, redo nothing.
-                    log.info("%s: finishing the commit an earlier attempt began", ctx.where)
-                    results, streamed = list(plan.results), None
-                else:
-                    # The last worker opens its merges while it works: off the critical path.
-                    opening = _finalize.open_merges_ahead(ctx, setup) if me.is_last else None
-                    try:
-                        with clock.step("work"):
-                            forks = _work.open_forks(ctx, setup)
-                            value = work(forks.stores)
-                        result = _work.result_of(ctx, forks, value, clock.spans)
-                        _work.publish_result(ctx, result)
-                    except BaseException:
-                        if opening is not None:
-                            opening.discard()
-                        raise
-                    if not me.is_last:
-                        return self._outcome("published", result.value, clock)
-                    with clock.step("wait"):
-                        results, streamed = _finalize.collect_and_merge(ctx, setup, opening)
-                with clock.step("commit"):
-                    if streamed is None:  # finishing a pinned plan: commit merges it
-                        merged, pinned = None, _finalize.pin_plan(ctx, setup, results)
-                    else:
-                        merged = _finalize.pin_and_merge(ctx, setup, results, streamed)
-                        pinned = merged.plan
-                        if finalize is not None:
-                            finalize(merged.stores, merged.results)
-                    snapshots = _finalize.commit(
-                        ctx, setup, pinned, message=message, finalize=finalize, merged=merged
-                    )
-                timeline = {r.index: r.timeline for r in pinned}
-                timeline[me.worker_index] = {**timeline.get(me.worker_index, {}), **clock.spans}
-                _finalize.after_commit(ctx, snapshots, timeline)
-            except AlreadyCommittedError as exc:
-                return self._already_committed(exc.snapshot)
-        value = pinned[me.worker_index].value
-        return self._outcome("committed", value, clock, snapshots)
+                with clock.step("work"):
+                    forks = _work.open_forks(ctx, setup)
+                    value = work(forks.stores)
+                result = _work.result_of(ctx, forks, value, clock.spans)
+                _work.publish_result(ctx, result)
+            except BaseException:
+                if opening is not None:
+                    opening.discard()
+                raise
+            if not me.is_last:
+                return self._outcome("published", result.value, clock)
+            with clock.step("wait"):
+                collected = _finalize.collect_and_merge(ctx, setup, opening)
+            if isinstance(collected, Done):
+                return collected
+            results, streamed = collected
+        with clock.step("commit"):
+            merged: Merged | None = None
+            if streamed is None:  # finishing a pinned plan: commit merges it
+                pinned = _finalize.pin_plan(ctx, setup, results)
+                if isinstance(pinned, Done):
+                    return pinned
+            else:
+                pinned_merge = _finalize.pin_and_merge(ctx, setup, results, streamed)
+                if isinstance(pinned_merge, Done):
+                    return pinned_merge
+                merged, pinned = pinned_merge, pinned_merge.plan
+                if finalize is not None:
+                    finalize(merged.stores, merged.results)
+            snapshots = _finalize.commit(
+                ctx, setup, pinned, message=message, finalize=finalize, merged=merged
+            )
+            if isinstance(snapshots, Done):
+                return snapshots
+        timeline = {r.index: r.timeline for r in pinned}
+        timeline[me.worker_index] = {**timeline.get(me.worker_index, {}), **clock.spans}
+        _finalize.after_commit(ctx, snapshots, timeline)
+        return self._outcome("committed", pinned[me.worker_index].value, clock, snapshots)
 
     def _outcome(
         self,
@@ -370,9 +396,14 @@ def get_forked_session(job: CooperativeJob, prepare: Prepare | None = None) -> F
     """Worker 0 prepares and publishes the setup; the others wait and load it.
 
     Returns this worker's own fork of every target (``forks.stores``).
+    Raises :class:`~icechunk_coop.errors.AlreadyCommittedError` if the job
+    is committed already: there is nothing left to write.
     """
     ctx = job._ctx
-    return _work.open_forks(ctx, _setup.setup(ctx, prepare))
+    setup = _setup.setup(ctx, prepare)
+    if isinstance(setup, Done):
+        raise setup.error(ctx.job_id)
+    return _work.open_forks(ctx, setup)
 
 
 def publish_result(job: CooperativeJob, forks: Forks, value: Any = None) -> None:
@@ -384,7 +415,9 @@ def get_merged_sessions(job: CooperativeJob, forks: Forks, value: Any = None) ->
     """On the last worker: publish its own result, wait for every other, pin and merge.
 
     Nothing is committed yet: write final metadata into ``merged.stores``,
-    then call :func:`commit_merged`.
+    then call :func:`commit_merged`. Raises
+    :class:`~icechunk_coop.errors.AlreadyCommittedError` if a twin of this
+    worker committed the job meanwhile.
     """
     ctx = job._ctx
     if not job.identity.is_last:
@@ -392,8 +425,13 @@ def get_merged_sessions(job: CooperativeJob, forks: Forks, value: Any = None) ->
             f"{ctx.where}: only the last worker merges; call publish_result on the others"
         )
     publish_result(job, forks, value)
-    results, streamed = _finalize.collect_and_merge(ctx, forks.setup)
-    return _finalize.pin_and_merge(ctx, forks.setup, results, streamed)
+    collected = _finalize.collect_and_merge(ctx, forks.setup)
+    if isinstance(collected, Done):
+        raise collected.error(ctx.job_id)
+    merged = _finalize.pin_and_merge(ctx, forks.setup, *collected)
+    if isinstance(merged, Done):
+        raise merged.error(ctx.job_id)
+    return merged
 
 
 def commit_merged(
@@ -404,6 +442,8 @@ def commit_merged(
     If a target moves under the commit, the merge is rebuilt; ``finalize``
     (the same as you applied to ``merged``) is then run on the new merge.
     Without it a retry would lose your final metadata, so none is made.
+    Raises :class:`~icechunk_coop.errors.AlreadyCommittedError` if every
+    target holds the job already (a twin committed it).
     """
     ctx = job._ctx
     if finalize is None:
@@ -417,5 +457,7 @@ def commit_merged(
     snapshots = _finalize.commit(
         ctx, merged.setup, merged.plan, message=message, finalize=finalize, merged=merged
     )
+    if isinstance(snapshots, Done):
+        raise snapshots.error(ctx.job_id)
     _finalize.after_commit(ctx, snapshots)
     return snapshots

@@ -31,7 +31,7 @@ from icechunk_coop.errors import (
     WorkersTotalMismatchError,
 )
 from icechunk_coop.protocol import _crash
-from icechunk_coop.protocol._context import JobContext, summary
+from icechunk_coop.protocol._context import Done, JobContext, summary
 from icechunk_coop.protocol._setup import stores_of
 from icechunk_coop.targets._drivers import BranchMoved, Merge
 from icechunk_coop.targets._overlap import OverlapCheck
@@ -184,7 +184,7 @@ def open_merges_ahead(ctx: JobContext, setup: Setup) -> Opening:
 
 def collect_and_merge(
     ctx: JobContext, setup: Setup, opening: Opening | None = None
-) -> tuple[list[Result], Merged]:
+) -> tuple[list[Result], Merged] | Done:
     """Wait for every worker's result, merging each one in as soon as it is read.
 
     The merge (one session per target, on a temporary branch at the forks'
@@ -195,6 +195,7 @@ def collect_and_merge(
     Nothing is pinned yet: :func:`pin_and_merge` keeps this merge only if the
     plan it pins holds exactly these results. ``opening``: the merges, opened
     already while this worker worked (:func:`open_merges_ahead`).
+    :class:`Done` if the job committed while this worker waited (a twin).
 
     Memory grows with N x chunks as before: the results are kept (the plan
     pins them whole), the merged session holds one reference per chunk
@@ -214,8 +215,10 @@ def collect_and_merge(
 
     try:
         found = ctx.meeting.wait_for_all(names, Result, on_arrival=arrived)
-    except BaseException:
+    except BaseException as exc:
         each(lambda m: m.discard(), list(merges.values()))
+        if isinstance(exc, AlreadyCommittedError):
+            return Done.of(exc)
         raise
     results = [found[name] for name in names]
     stores = stores_of(ctx, {name: m.store for name, m in merges.items()})
@@ -235,7 +238,7 @@ def checked_plan(ctx: JobContext, setup: Setup, plan: Plan | None) -> Plan | Non
     return plan
 
 
-def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[Result, ...]:
+def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[Result, ...] | Done:
     """Fix, once per job, which results are committed; return the pinned ones.
 
     A finalizer restarted between two targets must commit the same merge to
@@ -245,6 +248,7 @@ def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[
     (put-if-absent) before any target moves, and every later attempt commits
     exactly those. (Plain zarr targets get their chunks from the workers
     directly: a worker run again after the plan was pinned rewrites them.)
+    :class:`Done` if the job committed meanwhile (a twin).
     """
     # Whether the job committed meanwhile is read beside the pin: a twin that
     # committed and cleaned up while this finalizer read the results leaves no
@@ -259,7 +263,7 @@ def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[
         if won:
             ctx.meeting.remove(PLAN)
         log.info("%s: a twin committed the job while this one read the results", ctx.where)
-        raise AlreadyCommittedError(job=ctx.job_id, snapshot=None)
+        return Done()
     if plan.token != setup.token:
         checked_plan(ctx, setup, plan)  # raises, naming the blob
     if not won:
@@ -270,7 +274,7 @@ def pin_plan(ctx: JobContext, setup: Setup, results: Sequence[Result]) -> tuple[
 
 def pin_and_merge(
     ctx: JobContext, setup: Setup, results: Sequence[Result], streamed: Merged | None
-) -> Merged:
+) -> Merged | Done:
     """Pin the plan, then the merge of exactly the pinned results.
 
     That is the ``streamed`` merge when the plan pins the very results it
@@ -285,6 +289,9 @@ def pin_and_merge(
     except BaseException:
         _discard(streamed)
         raise
+    if isinstance(pinned, Done):
+        _discard(streamed)
+        return pinned
     if (
         streamed is not None
         and len(streamed.plan) == len(pinned)
@@ -320,7 +327,7 @@ def commit_once(
     message: Message,
     done: dict[str, str],
     finalize: Callable[[Merged], None] | None = None,
-) -> dict[str, str]:
+) -> dict[str, str] | Done:
     """One attempt: check every target, finalize, then commit those that lack the job, in order.
 
     ``done`` is filled in as targets are found or committed, so that a caller
@@ -329,7 +336,7 @@ def commit_once(
     not committed at all and gets no entry. When every target holds
     the job already (a twin finished it, or this finalizer's earlier run died
     before its marker), nothing is finalized or committed:
-    :class:`AlreadyCommittedError` says so, with the primary's snapshot.
+    :class:`Done` says so, with the primary's snapshot.
     """
     done.clear()
     names = list(merged.merges)
@@ -345,7 +352,7 @@ def commit_once(
         each(lambda name: merged.merges[name].discard(), sorted(done))
     pending = [d.name for d in ctx.drivers if d.name not in done]
     if not pending:
-        raise AlreadyCommittedError(job=ctx.job_id, snapshot=done[ctx.primary.name])
+        return Done(snapshot=done[ctx.primary.name])
     if finalize is not None:
         finalize(merged)
     already = sorted(done)
@@ -378,7 +385,7 @@ def commit(
     message: Message,
     finalize: Finalize | None,
     merged: Merged | None = None,
-) -> dict[str, str]:
+) -> dict[str, str] | Done:
     """Merge, finalize and commit every target that does not hold this job yet.
 
     ``merged``, if given, is a merge of ``plan`` that its caller finalized
@@ -394,7 +401,7 @@ def commit(
     done: dict[str, str] = {}
     apply = None if finalize is None else (lambda m: finalize(m.stores, m.results))
 
-    def settle(current: Merged, fin: Callable[[Merged], None] | None) -> dict[str, str]:
+    def settle(current: Merged, fin: Callable[[Merged], None] | None) -> dict[str, str] | Done:
         try:
             return commit_once(ctx, current, message, done, fin)
         except Exception:
@@ -403,7 +410,7 @@ def commit(
             each(lambda m: m.discard(), list(current.merges.values()))
             raise
 
-    def attempt() -> dict[str, str]:
+    def attempt() -> dict[str, str] | Done:
         current, fin = (handed.pop(), None) if handed else (merge(ctx, setup, plan), apply)
         try:
             return settle(current, fin)

@@ -21,7 +21,7 @@ from icechunk_coop.errors import (
 )
 from icechunk_coop.identity._start import as_utc
 from icechunk_coop.protocol import _crash
-from icechunk_coop.protocol._context import JobContext
+from icechunk_coop.protocol._context import Done, JobContext
 from icechunk_coop.protocol._start import Start, clear_own_failures
 from icechunk_coop.rendezvous._meeting import StoredMeeting
 from icechunk_coop.targets._targets import Stores
@@ -67,7 +67,9 @@ def _job_deadline(ctx: JobContext) -> float | None:
     return ctx.meeting.rendezvous.policy.ends_at
 
 
-def publish_setup(ctx: JobContext, prepare: Prepare | None, existing: Setup | None = None) -> Setup:
+def publish_setup(
+    ctx: JobContext, prepare: Prepare | None, existing: Setup | None = None
+) -> Setup | Done:
     """Worker 0: stage every target, run ``prepare`` in the forks, publish the setup once.
 
     ``existing`` is a setup this worker already read at its start, if any.
@@ -106,7 +108,7 @@ def publish_setup(ctx: JobContext, prepare: Prepare | None, existing: Setup | No
         # Ours landed only because a finished job's namespace was cleaned
         # (COMMITTED outlives the cleanup): the job is done.
         ctx.meeting.remove(SETUP)
-        raise AlreadyCommittedError(job=ctx.job_id, snapshot=None)
+        return Done()
     _crash.reach("after-publish-setup")
     return record
 
@@ -147,16 +149,23 @@ def _check(ctx: JobContext, record: Setup) -> Setup:
     return record
 
 
-def setup(ctx: JobContext, prepare: Prepare | None, start: Start | None = None) -> Setup:
+def setup(ctx: JobContext, prepare: Prepare | None, start: Start | None = None) -> Setup | Done:
     """This worker's setup of the job: published by worker 0, loaded by the others.
 
     ``start`` is what :func:`~icechunk_coop.protocol._start.begin` found (it has
     withdrawn this worker's stale failure markers and read any published
-    setup already); without it, both are done here.
+    setup already); without it, both are done here. :class:`Done` when the
+    job turns out to be committed (found while staging, or while waiting).
     """
     if start is None:
         start = Start(committed=False, setup=ctx.meeting.read(SETUP, Setup))
         clear_own_failures(ctx)
-    if ctx.identity.is_first:
-        return _check(ctx, publish_setup(ctx, prepare, start.setup))
-    return _check(ctx, start.setup or load_setup(ctx))
+    try:
+        record = (
+            publish_setup(ctx, prepare, start.setup)
+            if ctx.identity.is_first
+            else start.setup or load_setup(ctx)
+        )
+    except AlreadyCommittedError as exc:
+        return Done.of(exc)
+    return record if isinstance(record, Done) else _check(ctx, record)
