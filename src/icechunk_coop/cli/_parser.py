@@ -40,10 +40,11 @@ its workers as {env} (DEBUG, INFO or WARNING).
 _RUN_LOCAL = """\
 Each worker gets the environment of a Kubernetes Indexed Job's pod
 (JOB_COMPLETION_INDEX, WORKERS_TOTAL, JOB_NAME, JOB_UID, ICECHUNK_COOP_SECRET)
-and {env}; its output lines are prefixed with its index. A failed
-index is restarted up to --backoff-limit-per-index times; exit code 2 fails it
-at once. When an index fails for good, or --timeout passes, or on Ctrl-C or
-SIGTERM, every worker is stopped (SIGTERM, then SIGKILL after --grace-period).
+and {env}; its output lines are prefixed with its index. A
+failed index is restarted up to --backoff-limit-per-index times; exit code 2
+fails it at once. When an index fails for good, or --timeout passes, or on
+Ctrl-C or SIGTERM, every worker is stopped (SIGTERM, then SIGKILL after
+--grace-period).
 
 The job's secret: --secret-file PATH, else ICECHUNK_COOP_SECRET, else a new
 one written (mode 0600) to $XDG_STATE_HOME/icechunk-coop/secrets/JOB_ID.secret
