@@ -1,4 +1,4 @@
-"""Session-scoped local object-store servers for the test suite.
+"""Fixtures shared by the test suite: local object stores, the secret, a job factory.
 
 * ``moto_server`` runs moto's S3 server as a separate process.
 * ``gcs_server`` runs the fake-gcs-server binary (shipped by
@@ -7,6 +7,11 @@
 Both bind a free loopback port, are waited for with a bounded timeout, and are
 terminated at the end of the session. Function-scoped ``s3_bucket`` /
 ``gcs_bucket`` hand each test a fresh, uniquely named bucket.
+
+* ``secret`` is the shared secret (``ICECHUNK_COOP_SECRET``) of every test job;
+  worker processes get it in their environment, as a pod gets it from a Secret.
+* ``make_job`` builds one worker's ``CooperativeJob`` sealed with it, on local
+  files under ``tmp_path`` unless told otherwise (see :class:`JobFactory`).
 """
 
 from __future__ import annotations
@@ -23,13 +28,24 @@ import json
 import platform
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
+import icechunk
 import pytest
 from hypothesis import HealthCheck, settings
 
+from icechunk_coop import (
+    SECRET_ENV,
+    CooperativeJob,
+    IcechunkTarget,
+    Target,
+    WaitPolicy,
+    WorkerIdentity,
+)
 from icechunk_coop.testing import LOOPBACK, LocalS3, free_port, local_s3, serve
 
 # Cooperative-equals-serial and other property tests: a small fixed search in CI
@@ -172,3 +188,98 @@ def base_env(s3_env: LocalS3) -> dict[str, str]:
     """
     drop = ("JOB_", "WORKER", "CRONJOB_", "ICECHUNK_COOP_")
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+# --------------------------------------------------------------------------- jobs
+
+#: Twice the 16 bytes ``Sealer`` asks of a secret. Not for importing: take the
+#: ``secret`` fixture (worker processes get it through their environment).
+_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def secret() -> str:
+    """The shared secret of every test job (the value of ``ICECHUNK_COOP_SECRET``)."""
+    return _SECRET
+
+
+class JobFactory(Protocol):
+    """``make_job``: one worker's job, sealed with the ``secret`` fixture.
+
+    ``worker`` is an index (of ``total``, job ``name``-``uid``) or a whole
+    ``WorkerIdentity``, so ``run_in_process(make_job, ...)`` works as is.
+    Defaults, under ``root`` (the test's ``tmp_path``): the rendezvous
+    ``root/rv`` and the primary an Icechunk repository at ``root/repo``.
+    ``primary`` may be a target or an ``icechunk.Storage`` (the target
+    ``primary``); a replica given by name is an Icechunk repository at
+    ``root/<name>``. ``environ`` is the job's whole environment besides the
+    secret (never ``os.environ``); ``secret=None`` leaves the secret out. The
+    other keywords go to ``CooperativeJob.create`` as they are.
+    """
+
+    def __call__(
+        self,
+        worker: int | WorkerIdentity = 0,
+        total: int = 2,
+        *,
+        name: str = "test",
+        uid: str | None = "u",
+        root: Path | None = None,
+        rendezvous: str | Path | None = None,
+        primary: Target | icechunk.Storage | None = None,
+        replicas: Sequence[Target | str] = (),
+        secret: str | None = _SECRET,
+        environ: Mapping[str, str] | None = None,
+        policy: WaitPolicy | None = None,
+        cleanup: bool = True,
+        job_start: Callable[[], datetime] | None = None,
+    ) -> CooperativeJob: ...
+
+
+@pytest.fixture
+def make_job(tmp_path: Path, secret: str) -> JobFactory:
+    """A factory of ``CooperativeJob``s: see :class:`JobFactory`."""
+
+    def local(path: Path, name: str) -> IcechunkTarget:
+        return IcechunkTarget(name=name, storage=icechunk.local_filesystem_storage(str(path)))
+
+    def make(
+        worker: int | WorkerIdentity = 0,
+        total: int = 2,
+        *,
+        name: str = "test",
+        uid: str | None = "u",
+        root: Path | None = None,
+        rendezvous: str | Path | None = None,
+        primary: Target | icechunk.Storage | None = None,
+        replicas: Sequence[Target | str] = (),
+        secret: str | None = secret,
+        environ: Mapping[str, str] | None = None,
+        policy: WaitPolicy | None = None,
+        cleanup: bool = True,
+        job_start: Callable[[], datetime] | None = None,
+    ) -> CooperativeJob:
+        base = tmp_path if root is None else root
+        if isinstance(worker, WorkerIdentity):
+            identity = worker
+        else:
+            identity = WorkerIdentity(
+                worker_index=worker, workers_total=total, job_name=name, job_uid=uid
+            )
+        if primary is None:
+            primary = local(base / "repo", "primary")
+        elif isinstance(primary, icechunk.Storage):
+            primary = IcechunkTarget(name="primary", storage=primary)
+        env = {**({SECRET_ENV: secret} if secret is not None else {}), **(environ or {})}
+        return CooperativeJob.create(
+            identity=identity,
+            rendezvous_url=str(base / "rv" if rendezvous is None else rendezvous),
+            primary=primary,
+            replicas=[local(base / r, r) if isinstance(r, str) else r for r in replicas],
+            environ=env,
+            policy=policy,
+            cleanup=cleanup,
+            job_start=job_start,
+        )
+
+    return make

@@ -18,7 +18,6 @@ from icechunk_coop.inspect import job_branch_prefix
 from icechunk_coop.wire import Sealer
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
-SECRET = "cli-test-secret-0123456789abcdef"
 
 
 def cli(
@@ -66,14 +65,16 @@ def test_run_local_gives_indexed_job_env_and_propagates_failure(
     assert ok.returncode == 0, ok.stderr
 
 
-def test_status_and_clean_after_a_half_done_job(tmp_path: Path, base_env: dict[str, str]) -> None:
+def test_status_and_clean_after_a_half_done_job(
+    tmp_path: Path, base_env: dict[str, str], secret: str
+) -> None:
     repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
     env = {
         **base_env,
         "JOB_NAME": "half",
         "JOB_UID": "u1",
         "WORKERS_TOTAL": "3",
-        "ICECHUNK_COOP_SECRET": SECRET,
+        "ICECHUNK_COOP_SECRET": secret,
     }
     argv = [sys.executable, WORKER, "--repo", repo, "--rendezvous", rv]
 
@@ -145,11 +146,11 @@ def worker_rows(text: str) -> dict[str, str]:
 
 
 def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
-    tmp_path: Path, base_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, base_env: dict[str, str], secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
     env = {**base_env, "JOB_NAME": "late", "JOB_UID": "u7", "WORKERS_TOTAL": "3"}
-    env["ICECHUNK_COOP_SECRET"] = SECRET
+    env["ICECHUNK_COOP_SECRET"] = secret
     argv = [sys.executable, WORKER, "--repo", repo, "--rendezvous", rv]
 
     def worker(index: int) -> None:
@@ -170,7 +171,7 @@ def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
     assert "job late-u7: running" in out.getvalue()
     assert list(worker_rows(out.getvalue())) == ["0"]  # all a reader without the secret sees
     assert "inferred as 1" in out.getvalue()
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     out = io.StringIO()
     assert status(rv, "late", None, out) == 3
     rows = worker_rows(out.getvalue())
@@ -193,7 +194,7 @@ def test_status_reads_the_total_from_the_setup_then_shows_the_commit(
     text = out.getvalue()
     assert "committed: (sealed: set ICECHUNK_COOP_SECRET" in text
     assert "missing" not in text and "setup: not yet" not in text
-    monkeypatch.setenv(SECRET_ENV, "another-secret-" + SECRET)
+    monkeypatch.setenv(SECRET_ENV, "another-secret-" + secret)
     out = io.StringIO()
     assert status(rv, "late", None, out) == 0
     assert "committed: (sealed with another secret than the ICECHUNK_COOP_SECRET given" in (

@@ -64,11 +64,12 @@ def test_verbosity_goes_anywhere_and_reaches_the_workers(
     level: str,
     where: str,
     tmp_path: Path,
+    secret: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("ICECHUNK_COOP_LOG_LEVEL", raising=False)
-    monkeypatch.setenv("ICECHUNK_COOP_SECRET", "x" * 32)
+    monkeypatch.setenv("ICECHUNK_COOP_SECRET", secret)
     show = "import os; print('level', os.environ['ICECHUNK_COOP_LOG_LEVEL'])"
     run = ["--workers", "1", "--", sys.executable, "-c", show]
     argv = [*flags, "run-local", *run] if where == "before" else ["run-local", *flags, *run]
@@ -82,9 +83,9 @@ def test_verbosity_goes_anywhere_and_reaches_the_workers(
 
 
 def test_the_environment_sets_the_level_unless_a_flag_does(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("ICECHUNK_COOP_SECRET", "x" * 32)
+    monkeypatch.setenv("ICECHUNK_COOP_SECRET", secret)
     monkeypatch.setenv("ICECHUNK_COOP_LOG_LEVEL", "warning")
     show = "import os; print('level', os.environ['ICECHUNK_COOP_LOG_LEVEL'])"
     assert main(["run-local", "--workers", "1", "--", sys.executable, "-c", show]) == 0
@@ -142,10 +143,13 @@ def test_clean_names_a_repository_it_cannot_open(
 
 
 def test_a_worker_that_fails_reports_its_error_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The library tells the other workers and raises; the error is reported once, by the caller."""
-    monkeypatch.setenv("ICECHUNK_COOP_SECRET", "x" * 32)
+    monkeypatch.setenv("ICECHUNK_COOP_SECRET", secret)
     monkeypatch.setenv("COOP_TEST_RAISE_IN_WORK", "1")
     worker = [sys.executable, str(Path(__file__).with_name("coop_worker.py"))]
     where = ["--repo", str(tmp_path / "repo"), "--rendezvous", str(tmp_path / "rv")]

@@ -21,12 +21,12 @@ WORKER = str(Path(__file__).with_name("coop_worker.py"))
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_job_is_restarted_and_the_job_commits_once(
-    base_env: dict[str, str], s3_bucket: str, tmp_path: Path
+    base_env: dict[str, str], s3_bucket: str, tmp_path: Path, secret: str
 ) -> None:
     repo, rv = f"s3://{s3_bucket}/repo", f"s3://{s3_bucket}/rv"
     env = {
         **base_env,
-        SECRET_ENV: "job-test-secret-0123456789abcdef",
+        SECRET_ENV: secret,
         "COOP_TEST_SLEEP_IN_WORK": "1",
     }
     argv = ["run-local", "--workers", "2", "--job-name", "kill", "--job-uid", "u1", "--"]

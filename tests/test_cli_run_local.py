@@ -295,13 +295,14 @@ def test_env_secret_is_used_and_never_written(
     worker: list[str],
     pid_dir: Path,
     local_env: dict[str, str],
+    secret: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(SECRET_ENV, "s" * 40)
+    monkeypatch.setenv(SECRET_ENV, secret)
     assert main(["run-local", "--workers", "1", "--", *worker, str(pid_dir)]) == 0
     out, err = capsys.readouterr()
-    assert f"secret from {SECRET_ENV}" in err and ("s" * 40) not in err
-    assert env_lines(out)[0][3] == hashlib.sha256(b"s" * 40).hexdigest()[:12]
+    assert f"secret from {SECRET_ENV}" in err and secret not in err
+    assert env_lines(out)[0][3] == hashlib.sha256(secret.encode()).hexdigest()[:12]
     assert not (tmp_path / "state").exists()

@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 import zarr
 
-from icechunk_coop import icechunk_storage
+from icechunk_coop import SECRET_ENV, icechunk_storage
 from icechunk_coop.inspect import METADATA_KEY
 from icechunk_coop.testing import CRASH_EXIT_CODE
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
-SECRET = "test-secret-0123456789abcdef"
 ROWS = 16
 
 pytestmark = pytest.mark.slow
@@ -34,14 +33,21 @@ pytestmark = pytest.mark.slow
 class Job:
     """One job's URLs and a way to start its workers as processes."""
 
-    def __init__(self, base_env: dict[str, str], bucket: str, name: str | None = None) -> None:
+    def __init__(
+        self, base_env: dict[str, str], bucket: str, secret: str, name: str | None = None
+    ) -> None:
         self.bucket = bucket
+        self.secret = secret
         self.name = name or f"job-{uuid.uuid4().hex[:8]}"
         self.uid = uuid.uuid4().hex[:12]
         self.repo = f"s3://{bucket}/repo"
         self.rendezvous = f"s3://{bucket}/rendezvous"
         self.base_env = base_env
         self.extra: list[str] = []
+
+    def another(self) -> Job:
+        """The next job (a new name and uid) on the same bucket, environment and secret."""
+        return Job(self.base_env, self.bucket, self.secret)
 
     def env(self, index: int, total: int, **extra: str) -> dict[str, str]:
         return {
@@ -50,7 +56,7 @@ class Job:
             "WORKERS_TOTAL": str(total),
             "JOB_NAME": self.name,
             "JOB_UID": self.uid,
-            "ICECHUNK_COOP_SECRET": SECRET,
+            SECRET_ENV: self.secret,
             **extra,
         }
 
@@ -82,8 +88,8 @@ def ok(results: list[tuple[int, str]]) -> None:
 
 
 @pytest.fixture
-def job(base_env: dict[str, str], s3_bucket: str) -> Job:
-    return Job(base_env, s3_bucket)
+def job(base_env: dict[str, str], s3_bucket: str, secret: str) -> Job:
+    return Job(base_env, s3_bucket, secret)
 
 
 def open_repo(url: str, env: dict[str, str]) -> icechunk.Repository:
@@ -150,7 +156,7 @@ def test_eight_workers_equal_one_and_readers_see_old_or_new(
     job: Job, base_env: dict[str, str], s3_bucket: str, poll_main: Any
 ) -> None:
     # The reference: the same job done by one process.
-    solo = Job(base_env, s3_bucket)
+    solo = job.another()
     solo.repo = f"s3://{s3_bucket}/solo-repo"
     ok(solo.run(1))
 
@@ -159,7 +165,7 @@ def test_eight_workers_equal_one_and_readers_see_old_or_new(
     repo = open_repo(job.repo, base_env)
     before = repo.lookup_branch("main")
     seen = poll_main(job.repo)
-    second = Job(base_env, s3_bucket)
+    second = job.another()
     ok(second.run(8))
     after = repo.lookup_branch("main")
 
@@ -188,7 +194,7 @@ def test_eight_workers_equal_one_and_readers_see_old_or_new(
 def test_same_index_twice_and_a_killed_worker(job: Job, base_env: dict[str, str]) -> None:
     total = 4
     ok(job.run(total))  # create the repository
-    second = Job(base_env, job.bucket)
+    second = job.another()
     ok(second.run(total, [0, 0]))  # two copies of worker 0 at once: one setup wins
     # Worker 1 dies half way through its writes (no marker: a hard kill).
     code, out = second.run(total, [1], COOP_TEST_DIE_IN_WORK="1")[0]
@@ -212,7 +218,7 @@ def test_worker0_rerun_after_main_moved_reuses_its_setup(
 ) -> None:
     total = 3
     ok(job.run(total))
-    second = Job(base_env, job.bucket)
+    second = job.another()
     ok(second.run(total, [0]))  # setup published, its result too
     other_writer_creates_array(job.repo, base_env, "other")
     ok(second.run(total, [0]))  # restarted after main moved: same setup
@@ -245,7 +251,7 @@ def test_concurrent_commit_to_another_array_lands_beside_ours(
 ) -> None:
     total = 3
     ok(job.run(total))
-    second = Job(base_env, job.bucket)
+    second = job.another()
     ok(second.run(total, [0, 1]))
     other = other_writer_creates_array(job.repo, base_env, "other")
     ok(second.run(total, [2]))
@@ -270,7 +276,7 @@ def test_overlapping_concurrent_commit_fails_naming_the_conflict(
     """
     total = 2
     ok(job.run(total))
-    second = Job(base_env, job.bucket)
+    second = job.another()
     ok(second.run(total, [0]))
     other = other_writer_sets_attr(job.repo, base_env)
     code, out = second.run(total, [1])[0]
@@ -288,7 +294,7 @@ def test_concurrent_write_to_the_same_chunk_fails_naming_it(
 ) -> None:
     total = 2
     ok(job.run(total))
-    second = Job(base_env, job.bucket)
+    second = job.another()
     ok(second.run(total, [0], COOP_TEST_NO_WRITE="1", COOP_TEST_REWRITE_ROW="3"))
     # Another writer overwrites row 3 after the job forked; the job's last worker
     # rewrites the same chunk in its fork.
@@ -329,7 +335,7 @@ def test_naive_merge_would_have_lost_the_other_writers_change(
 def test_a_failing_worker_stops_the_last_one_early(job: Job) -> None:
     total = 3
     ok(job.run(total))
-    second = Job(job.base_env, job.bucket)
+    second = job.another()
     last = second.start(2, total, "--timeout", "600")
     failing = second.start(1, total, COOP_TEST_RAISE_IN_WORK="1")
     ok([finish(second.start(0, total))])
@@ -343,7 +349,7 @@ def test_a_failing_worker_stops_the_last_one_early(job: Job) -> None:
 def test_a_worker_that_never_starts_times_out_by_name(job: Job) -> None:
     total = 3
     ok(job.run(total))
-    second = Job(job.base_env, job.bucket)
+    second = job.another()
     results = second.run(total, [0, 2], "--timeout", "3")
     assert results[0][0] == 0
     code, out = results[1]
@@ -353,7 +359,7 @@ def test_a_worker_that_never_starts_times_out_by_name(job: Job) -> None:
 
 def test_total_that_disagrees_is_refused(job: Job) -> None:
     ok(job.run(2))
-    second = Job(job.base_env, job.bucket)
+    second = job.another()
     ok(second.run(3, [0]))
     code, out = second.run(4, [1])[0]
     assert code != 0 and "WORKERS_TOTAL=4" in out and "set up for 3" in out, out
@@ -361,13 +367,13 @@ def test_total_that_disagrees_is_refused(job: Job) -> None:
 
 def test_empty_job_and_worker_without_rows_complete(job: Job, base_env: dict[str, str]) -> None:
     ok(job.run(2))
-    second = Job(base_env, job.bucket)
+    second = job.another()
     ok(second.run(3, None, COOP_TEST_NO_WRITE="1"))
     repo = open_repo(job.repo, base_env)
     assert len(job_commits(repo, second.name)) == 1
     np.testing.assert_array_equal(read(repo)["temp"], expected_temp(ROWS))
     # More workers than rows: some have nothing to do and still take part.
-    third = Job(base_env, job.bucket)
+    third = job.another()
     ok(third.run(20 if os.environ.get("COOP_TEST_BIG") else 5))
     np.testing.assert_array_equal(read(repo)["temp"], expected_temp(2 * ROWS))
 

@@ -8,14 +8,16 @@ the restart is the same index run again, as Kubernetes would.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import icechunk
 import numpy as np
 import pytest
 import zarr
 
-from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, WorkerOutcome
+from icechunk_coop import CooperativeJob, Stores, WorkerOutcome
 from icechunk_coop.testing import (
     CRASH_POINTS,
     Killed,
@@ -25,28 +27,11 @@ from icechunk_coop.testing import (
 )
 from icechunk_coop.wire._records import COMMITTED
 
-SECRET = "crash-points-secret-0123456789ab"
+if TYPE_CHECKING:
+    from conftest import JobFactory
+
 ROWS = 2  # per worker
 ROLES = {"first": (0, 3), "middle": (1, 3), "last": (2, 3), "only": (0, 1)}
-
-
-def make(tmp_path: Path, index: int, total: int) -> CooperativeJob:
-    return CooperativeJob.create(
-        identity=WorkerIdentity(
-            worker_index=index, workers_total=total, job_name="cp", job_uid="u"
-        ),
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=IcechunkTarget(
-            name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-        ),
-        replicas=[
-            IcechunkTarget(
-                name="replica",
-                storage=icechunk.local_filesystem_storage(str(tmp_path / "replica")),
-            )
-        ],
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-    )
 
 
 def run(job: CooperativeJob) -> WorkerOutcome:
@@ -76,23 +61,24 @@ def run(job: CooperativeJob) -> WorkerOutcome:
 @pytest.mark.parametrize("role", list(ROLES))
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_kill_at_every_point_then_restart_commits_once(
-    tmp_path: Path, point: str, role: str
+    tmp_path: Path, make_job: JobFactory, point: str, role: str
 ) -> None:
     victim, total = ROLES[role]
+    make = partial(make_job, total=total, name="cp", replicas=["replica"])
     outcomes: dict[int, WorkerOutcome] = {}
     killed = False
     for index in range(total):
         if index != victim:
-            outcomes[index] = run(make(tmp_path, index, total))
+            outcomes[index] = run(make(index))
             continue
         with at_crash_point(point) as reached:
             try:
-                outcomes[index] = run(make(tmp_path, index, total))
+                outcomes[index] = run(make(index))
             except Killed:
                 killed = True
         assert killed == (point in reached)
         if killed:
-            outcomes[index] = run(make(tmp_path, index, total))  # the pod, restarted
+            outcomes[index] = run(make(index))  # the pod, restarted
     statuses = {o.status for o in outcomes.values()}
     assert "committed" in statuses or "already-committed" in statuses, outcomes
     for name in ("repo", "replica"):
@@ -103,4 +89,4 @@ def test_kill_at_every_point_then_restart_commits_once(
         assert root.attrs["results"] == list(range(total))
         assert repo.list_branches() == {"main"}  # no temporary branch left
     # What is left in the rendezvous is only the marker that tells late pods.
-    assert make(tmp_path, 0, total).meeting.arrived() <= {COMMITTED}
+    assert make(0).meeting.arrived() <= {COMMITTED}

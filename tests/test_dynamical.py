@@ -19,7 +19,14 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-from icechunk_coop import ConfigurationError, Stores, WorkerIdentity, ZarrTarget, icechunk_storage
+from icechunk_coop import (
+    SECRET_ENV,
+    ConfigurationError,
+    Stores,
+    WorkerIdentity,
+    ZarrTarget,
+    icechunk_storage,
+)
 from icechunk_coop.dynamical import DynamicalDataset, JobOptions, Mode, RegionJob, Store
 from icechunk_coop.errors import ShrinkRefusedError
 from icechunk_coop.inspect import METADATA_KEY
@@ -27,10 +34,9 @@ from icechunk_coop.testing import start_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "synthetic_forecast.py")
-SECRET = "dynamical-test-secret-0123456789"
 
 
-def run_local(env: dict[str, str], workers: int, job: str, *argv: str) -> str:
+def run_local(env: dict[str, str], workers: int, job: str, *argv: str, secret: str) -> str:
     proc = subprocess.run(
         [
             sys.executable,
@@ -46,7 +52,7 @@ def run_local(env: dict[str, str], workers: int, job: str, *argv: str) -> str:
             EXAMPLE,
             *argv,
         ],
-        env={**env, "ICECHUNK_COOP_SECRET": SECRET},
+        env={**env, SECRET_ENV: secret},
         capture_output=True,
         text=True,
         timeout=300,
@@ -68,7 +74,7 @@ def commits(url: str, env: dict[str, str]) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_backfill_by_one_and_by_eight_agree_then_update_appends(
-    base_env: dict[str, str], s3_bucket: str
+    base_env: dict[str, str], s3_bucket: str, secret: str
 ) -> None:
     rv = f"s3://{s3_bucket}/rendezvous"
     solo, coop, replica = (f"s3://{s3_bucket}/{n}" for n in ("solo", "coop", "replica"))
@@ -92,6 +98,7 @@ def test_backfill_by_one_and_by_eight_agree_then_update_appends(
         replica,
         "--rendezvous",
         rv,
+        secret=secret,
     )
     one, eight = open_ds(solo, base_env), open_ds(coop, base_env)
     assert one.sizes["init_time"] == 8
@@ -112,6 +119,7 @@ def test_backfill_by_one_and_by_eight_agree_then_update_appends(
         replica,
         "--rendezvous",
         rv,
+        secret=secret,
     )
     starts = re.findall(r"job_start (\S+);", out)
     assert starts == [start.isoformat()] * 4, out
@@ -164,14 +172,14 @@ def test_an_update_refuses_a_missing_repository(tmp_path: Path, base_env: dict[s
 
 
 def test_an_update_of_a_missing_repository_stops_every_worker(
-    tmp_path: Path, base_env: dict[str, str]
+    tmp_path: Path, base_env: dict[str, str], secret: str
 ) -> None:
     # Worker 0 refuses in the job's setup, so worker 1 (a separate pod) stops with
     # it instead of waiting for a setup that never comes.
     repo, rv = tmp_path / "typo", str(tmp_path / "rv")
     argv = [sys.executable, EXAMPLE, "update", "--repo", str(repo), "--rendezvous", rv]
     env = {**base_env, "JOB_START": "2025-01-04T06:00Z"}
-    procs = start_workers(argv, 2, job_name="typo", job_uid="t1", secret=SECRET, env=env)
+    procs = start_workers(argv, 2, job_name="typo", job_uid="t1", secret=secret, env=env)
     outputs = {i: p.communicate(timeout=240)[0] for i, p in procs.items()}
     assert procs[0].returncode == 2, outputs[0]
     assert "run a backfill first" in outputs[0]
@@ -182,14 +190,16 @@ def test_an_update_of_a_missing_repository_stops_every_worker(
 
 @pytest.mark.slow
 def test_an_update_with_no_start_takes_worker_0s_for_every_worker(
-    tmp_path: Path, base_env: dict[str, str]
+    tmp_path: Path, base_env: dict[str, str], secret: str
 ) -> None:
     repo, rv = str(tmp_path / "repo"), str(tmp_path / "rv")
     where = ["--repo", repo, "--rendezvous", rv]
     done = solo({**base_env, "JOB_NAME": "bf"}, "backfill", "--end", "2025-01-03T00:00Z", *where)
     assert done.returncode == 0, done.stderr
     # No JOB_START and no CronJob: worker 0 decides (here from --clock) and pins it.
-    out = run_local(base_env, 3, "by-hand", "update", *where, "--clock", "2025-01-03T05:00")
+    out = run_local(
+        base_env, 3, "by-hand", "update", *where, "--clock", "2025-01-03T05:00", secret=secret
+    )
     start = datetime(2025, 1, 3, 5, 0, tzinfo=UTC)
     assert re.findall(r"job_start (\S+);", out) == [start.isoformat()] * 3, out
     assert commits(repo, base_env)[0]["job_start"] == start.isoformat()

@@ -29,7 +29,6 @@ from icechunk_coop import (
 )
 from icechunk_coop.errors import CommitConflictError
 from icechunk_coop.inspect import job_branch_prefix
-from icechunk_coop.protocol import _finalize
 from icechunk_coop.rendezvous._meeting import StoredMeeting
 from icechunk_coop.testing import Killed, at_crash_point
 from icechunk_coop.testing import job_commits as commits_of
@@ -182,7 +181,7 @@ def temporary_branches(tmp_path: Path) -> list[str]:
 
 
 def test_a_twin_merging_after_its_sibling_cleaned_up_leaves_no_branch_when_it_dies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Two copies of the last worker finishing a pinned plan. One read the plan, and before
     it merges (a new temporary branch) the other commits and cleans up; it then finds the
@@ -192,25 +191,26 @@ def test_a_twin_merging_after_its_sibling_cleaned_up_leaves_no_branch_when_it_di
     with at_crash_point("after-pin-plan"), pytest.raises(Killed):
         run(make(tmp_path, 1))  # the plan is pinned, nothing committed
     late, sibling = make(tmp_path, 1), make(tmp_path, 1)
-    real_merge = _finalize.merge
     inside = [False]
 
-    def sibling_finishes_first(*args: Any) -> _finalize.Merged:
-        if not inside[0]:
-            inside[0] = True
-            try:
-                assert run(sibling).status == "committed"
-            finally:
-                inside[0] = False
-            assert temporary_branches(tmp_path) == []  # its cleanup ran
-        return real_merge(*args)
+    def sibling_finishes_first(point: str) -> None:
+        # ``late`` found the plan pinned by the dead attempt: it merges next.
+        inside[0] = True
+        try:
+            assert run(sibling).status == "committed"
+        finally:
+            inside[0] = False
+        assert temporary_branches(tmp_path) == []  # its cleanup ran
 
     def dies_unless_sibling(point: str) -> None:
         if not inside[0]:
             raise Killed(point)
 
-    monkeypatch.setattr(_finalize, "merge", sibling_finishes_first)
-    with at_crash_point("before-cleanup", dies_unless_sibling, times=2), pytest.raises(Killed):
+    with (
+        at_crash_point("after-pin-plan", sibling_finishes_first),
+        at_crash_point("before-cleanup", dies_unless_sibling, times=2),
+        pytest.raises(Killed),
+    ):
         run(late)
     assert len(job_commits(tmp_path)) == 1
     assert temporary_branches(tmp_path) == []

@@ -23,7 +23,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "synthetic_forecast.py"
-SECRET = "example-forecast-test-secret-0123456789"
 
 
 @pytest.fixture
@@ -55,12 +54,14 @@ def test_a_pinned_job_list_carries_no_latency(example: ModuleType) -> None:
     assert time.monotonic() - started < 5
 
 
-def _run_local(tmp_path: Path, *options: str, command: list[str], timeout: float) -> int:
+def _run_local(
+    tmp_path: Path, *options: str, command: list[str], timeout: float, secret: str
+) -> int:
     return subprocess.run(
         [sys.executable, "-m", "icechunk_coop.cli", "run-local", "-q", *options, "--", *command],
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("JOB_")},
-            "ICECHUNK_COOP_SECRET": SECRET,
+            "ICECHUNK_COOP_SECRET": secret,
             "JOB_START": "2025-01-02T17:00Z",
             "ICECHUNK_LOG": "error",
         },
@@ -73,18 +74,18 @@ def _run_local(tmp_path: Path, *options: str, command: list[str], timeout: float
 
 
 @pytest.mark.slow
-def test_a_resumed_update_skips_the_first_runs_slow_download(tmp_path: Path) -> None:
+def test_a_resumed_update_skips_the_first_runs_slow_download(tmp_path: Path, secret: str) -> None:
     where = ["--repo", str(tmp_path / "repo"), "--rendezvous", str(tmp_path / "rendezvous")]
     script = [sys.executable, str(EXAMPLE)]
     backfill = [*script, "backfill", "--end", "2025-01-02T00:00Z", *where]
     assert _run_local(tmp_path, "--workers", "2", "--job-name", "fill", command=backfill,
-                      timeout=120) == 0  # fmt: skip
+                      timeout=120, secret=secret) == 0  # fmt: skip
 
     # The first run downloads for 60 s per init time and is stopped at its deadline:
     # the setup (and its job list) is pinned by then.
     slow = [*script, "update", "--source-latency", "60", *where]
     first = _run_local(tmp_path, "--workers", "2", "--job-name", "update", "--job-uid", "try1",
-                       "--timeout", "12", command=slow, timeout=120)  # fmt: skip
+                       "--timeout", "12", command=slow, timeout=120, secret=secret)  # fmt: skip
     assert first == 1
     assert any((tmp_path / "rendezvous").rglob("setup*")), "the first run pinned no setup"
 
@@ -92,6 +93,6 @@ def test_a_resumed_update_skips_the_first_runs_slow_download(tmp_path: Path) -> 
     fast = [*script, "update", *where]
     started = time.monotonic()
     resumed = _run_local(tmp_path, "--resume", "update-try1", "--workers", "2",
-                         "--timeout", "45", command=fast, timeout=120)  # fmt: skip
+                         "--timeout", "45", command=fast, timeout=120, secret=secret)  # fmt: skip
     assert resumed == 0
     assert time.monotonic() - started < 45

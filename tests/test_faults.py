@@ -31,7 +31,6 @@ from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy, job_commits,
 from schedules import Reader, expected_temp, final_error, is_clear
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
-SECRET = "test-secret-0123456789abcdef"
 ROWS = 16  # coop_worker's rows per job
 # "10% injected faults, mixed": of every request 3% reset, 3% SlowDown, 2% 500;
 # 2% of writes lose their reply after landing; 5% wait 200 ms on top.
@@ -293,6 +292,7 @@ def run_job(
     bucket: str,
     total: int,
     *args: str,
+    secret: str,
     worker: str = WORKER,
     timeout: float = 120,
 ) -> tuple[str, dict[int, tuple[int, str]]]:
@@ -307,7 +307,7 @@ def run_job(
         f"s3://{bucket}/rendezvous",
         *args,
     ]
-    procs = start_workers(argv, total, job_name=name, job_uid=uid, secret=SECRET, env=env)
+    procs = start_workers(argv, total, job_name=name, job_uid=uid, secret=secret, env=env)
     done = {}
     for index, proc in procs.items():
         try:
@@ -322,11 +322,11 @@ def run_job(
 
 @pytest.mark.slow
 def test_a_job_completes_through_mixed_faults_and_readers_never_see_it_torn(
-    proxy: FaultProxy, moto_server: LocalS3, s3_bucket: str, base_env: dict[str, str]
+    proxy: FaultProxy, moto_server: LocalS3, s3_bucket: str, base_env: dict[str, str], secret: str
 ) -> None:
     # The first job creates the dataset with no faults: one worker, straight to moto.
     direct = worker_env(base_env, moto_server)
-    _, first = run_job(direct, s3_bucket, 1)
+    _, first = run_job(direct, s3_bucket, 1, secret=secret)
     assert all(code == 0 for code, _ in first.values()), first
     repo = icechunk.Repository.open(icechunk_storage(f"s3://{s3_bucket}/repo", moto_server.env))
     before = repo.lookup_branch("main")
@@ -336,7 +336,7 @@ def test_a_job_completes_through_mixed_faults_and_readers_never_see_it_torn(
     proxy.set_rates(**MIXED_10, **MIXED_DELAY, seed=11)
     faulty = worker_env(base_env, proxy)
     with Reader(f"s3://{s3_bucket}/repo", faulty) as reader:
-        job_id, second = run_job(faulty, s3_bucket, 3)
+        job_id, second = run_job(faulty, s3_bucket, 3, secret=secret)
         reader.settle()
     print(
         f"injected {grew(counts, proxy.counts())}; reader: {len(reader.seen)} reads, "
@@ -368,12 +368,14 @@ def test_a_job_completes_through_mixed_faults_and_readers_never_see_it_torn(
 
 @pytest.mark.slow
 def test_above_the_breaking_rate_a_job_fails_clearly_and_commits_nothing(
-    proxy: FaultProxy, moto_server: LocalS3, s3_bucket: str, base_env: dict[str, str]
+    proxy: FaultProxy, moto_server: LocalS3, s3_bucket: str, base_env: dict[str, str], secret: str
 ) -> None:
     before = proxy.counts()
     proxy.set_rates(reset=0.9, seed=5)
     faulty = worker_env(base_env, proxy)
-    job_id, done = run_job(faulty, s3_bucket, 3, "--timeout", "8", worker=__file__, timeout=240)
+    job_id, done = run_job(
+        faulty, s3_bucket, 3, "--timeout", "8", secret=secret, worker=__file__, timeout=240
+    )
     injected = grew(before, proxy.counts())
     proxy.clear()
     for index, (code, out) in done.items():

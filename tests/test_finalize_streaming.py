@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import icechunk
 import pytest
 import zarr
 
 from icechunk_coop import (
+    SECRET_ENV,
     CooperativeJob,
-    IcechunkTarget,
     Stores,
     WaitPolicy,
-    WorkerIdentity,
     commit_merged,
     get_forked_session,
     get_merged_sessions,
@@ -22,26 +22,11 @@ from icechunk_coop import (
 )
 from icechunk_coop.errors import WorkerFailedError
 from icechunk_coop.rendezvous import Rendezvous
-from icechunk_coop.targets import _icechunk as driver_module
 from icechunk_coop.testing import job_commits
 from icechunk_coop.wire import Sealer
 
-SECRET = "stream-secret-0123456789abcdef01"
-
-
-def make_job(
-    tmp_path: Path, index: int, total: int, policy: WaitPolicy | None = None
-) -> CooperativeJob:
-    identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="st", job_uid="u")
-    return CooperativeJob.create(
-        identity=identity,
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=IcechunkTarget(
-            name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-        ),
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-        policy=policy,
-    )
+if TYPE_CHECKING:
+    from conftest import JobFactory
 
 
 def prepare(stores: Stores) -> None:
@@ -62,11 +47,14 @@ def repo_of(tmp_path: Path) -> icechunk.Repository:
 
 
 def test_each_result_is_merged_while_the_last_worker_still_waits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    make_job: JobFactory,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     total = 4
     events: list[str] = []
-    late = [make_job(tmp_path, i, total) for i in (1, 2)]
+    late = [make_job(i, total, name="st") for i in (1, 2)]
 
     def sleep(seconds: float) -> None:  # between two polls, one more worker finishes
         events.append("poll")
@@ -74,17 +62,18 @@ def test_each_result_is_merged_while_the_last_worker_still_waits(
             job = late.pop(0)
             write_and_publish(job, 10 + job.identity.worker_index)
 
-    real_add = driver_module._Merge.add
+    class Merges(logging.Handler):  # the finalizer's log line for each result merged
+        def emit(self, record: logging.LogRecord) -> None:
+            if "as it arrived" in record.getMessage():
+                events.append("merge")
 
-    def add(
-        self: driver_module._Merge, forks: list[icechunk.ForkSession | None], *rest: Any
-    ) -> None:
-        events.append("merge")
-        real_add(self, forks, *rest)
-
-    monkeypatch.setattr(driver_module._Merge, "add", add)
-    write_and_publish(make_job(tmp_path, 0, total), 10)
-    last = make_job(tmp_path, 3, total, WaitPolicy(initial_interval=0.01, sleep=sleep))
+    logger = logging.getLogger("icechunk_coop.protocol")
+    handler = Merges(level=logging.DEBUG)
+    logger.addHandler(handler)
+    request.addfinalizer(lambda: logger.removeHandler(handler))
+    caplog.set_level(logging.DEBUG, logger=logger.name)
+    write_and_publish(make_job(0, total, name="st"), 10)
+    last = make_job(3, total, name="st", policy=WaitPolicy(initial_interval=0.01, sleep=sleep))
     forks = get_forked_session(last)
     zarr.open_array(forks.stores.primary, path="a", mode="r+")[3] = 13
     merged = get_merged_sessions(last, forks, 13)
@@ -97,20 +86,22 @@ def test_each_result_is_merged_while_the_last_worker_still_waits(
     assert repo_of(tmp_path).list_branches() == {"main"}
 
 
-def test_a_plan_pinned_earlier_wins_over_a_result_republished_since(tmp_path: Path) -> None:
+def test_a_plan_pinned_earlier_wins_over_a_result_republished_since(
+    tmp_path: Path, make_job: JobFactory
+) -> None:
     """Worker 1 runs again after a first finalizer pinned the plan, then died: the
     second finalizer streams worker 1's new result, yet commits the pinned one."""
     total = 3
     for i in range(2):
-        write_and_publish(make_job(tmp_path, i, total), 10 + i)
-    first = make_job(tmp_path, 2, total)
+        write_and_publish(make_job(i, total, name="st"), 10 + i)
+    first = make_job(2, total, name="st")
     forks = get_forked_session(first)
     zarr.open_array(forks.stores.primary, path="a", mode="r+")[2] = 12
     abandoned = get_merged_sessions(first, forks, 12)  # pinned; then this finalizer dies
     for m in abandoned.merges.values():
         m.discard()
-    write_and_publish(make_job(tmp_path, 1, total), 99)  # worker 1, run again
-    second = make_job(tmp_path, 2, total)
+    write_and_publish(make_job(1, total, name="st"), 99)  # worker 1, run again
+    second = make_job(2, total, name="st")
     forks = get_forked_session(second)
     zarr.open_array(forks.stores.primary, path="a", mode="r+")[2] = 12
     merged = get_merged_sessions(second, forks, 12)
@@ -123,19 +114,21 @@ def test_a_plan_pinned_earlier_wins_over_a_result_republished_since(tmp_path: Pa
     assert repo.list_branches() == {"main"}
 
 
-def test_a_wait_that_fails_leaves_no_temporary_branch(tmp_path: Path) -> None:
+def test_a_wait_that_fails_leaves_no_temporary_branch(tmp_path: Path, make_job: JobFactory) -> None:
     total = 3
-    write_and_publish(make_job(tmp_path, 0, total), 10)
-    make_job(tmp_path, 1, total).meeting.mark_failed("result-1", "worker 1 broke")
-    last = make_job(tmp_path, 2, total)
+    write_and_publish(make_job(0, total, name="st"), 10)
+    make_job(1, total, name="st").meeting.mark_failed("result-1", "worker 1 broke")
+    last = make_job(2, total, name="st")
     with pytest.raises(WorkerFailedError, match="worker 1 broke"):
         get_merged_sessions(last, get_forked_session(last))
     assert repo_of(tmp_path).list_branches() == {"main"}
 
 
-def test_many_blobs_are_read_in_batches_and_each_handed_over_once(tmp_path: Path) -> None:
+def test_many_blobs_are_read_in_batches_and_each_handed_over_once(
+    tmp_path: Path, secret: str
+) -> None:
     """More blobs than one fetch batch: every one arrives once, whatever the batching."""
-    sealer = Sealer.from_env("many", {"ICECHUNK_COOP_SECRET": SECRET})
+    sealer = Sealer.from_env("many", {SECRET_ENV: secret})
     rv = Rendezvous.for_job(str(tmp_path / "rv"), job_id="many", sealer=sealer)
     names = [f"result-{i}" for i in range(300)]
     for i, name in enumerate(names):

@@ -53,7 +53,6 @@ FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
 UID = "5e1c0d2a-7f3b-4c8e-9a61-0b2d4e6f8a1c"
 SCHEDULED_MINUTES = 29000000  # what a CronJob puts after its name
 SCHEDULED = datetime(2025, 2, 19, 21, 20, tzinfo=UTC)  # 29000000 minutes after 1970
-REAL_SECRET = "0123456789abcdef0123456789abcdef"  # a test value
 
 MODELS = {
     ("v1", "Secret"): "V1Secret",
@@ -571,9 +570,9 @@ def test_update_pods_read_the_scheduled_time_from_the_job_name() -> None:
     assert pods[0][1].is_first and not pods[0][1].is_last
 
 
-def test_every_pod_of_a_job_shares_one_sealer_key() -> None:
+def test_every_pod_of_a_job_shares_one_sealer_key(secret: str) -> None:
     spec = backfill_job()["spec"]
-    stored = {**secrets_data(), "icechunk-coop": {"secret": REAL_SECRET}}
+    stored = {**secrets_data(), "icechunk-coop": {"secret": secret}}
     sealed = None
     for index in range(spec["completions"]):
         env = pod_env(spec, job_name="b", index=index, secrets=stored)

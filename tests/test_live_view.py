@@ -32,7 +32,6 @@ from icechunk_coop.cli._view import (
 )
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
-SECRET = "live-view-test-secret-0123456789abcdef"
 ROWS, COLS = 40, 140
 
 
@@ -85,11 +84,13 @@ class Terminal:
 
 
 @pytest.mark.slow
-def test_run_local_and_status_watch_draw_a_live_table_in_a_terminal(tmp_path: Path) -> None:
+def test_run_local_and_status_watch_draw_a_live_table_in_a_terminal(
+    tmp_path: Path, secret: str
+) -> None:
     repo, rv = tmp_path / "repo", tmp_path / "rv"
     rv.mkdir()
     env = clean_env(
-        **{SECRET_ENV: SECRET, "TERM": "xterm-256color", "COOP_TEST_SLEEP_IN_WORK": "1"}
+        **{SECRET_ENV: secret, "TERM": "xterm-256color", "COOP_TEST_SLEEP_IN_WORK": "1"}
     )
     cli = [sys.executable, "-m", "icechunk_coop.cli"]
     watch = Terminal([*cli, "status", str(rv), "--job", "live", "--watch", "--interval", "0.2"],
@@ -243,15 +244,18 @@ class _OnlyTheWorkersImportThis:
 
 
 def test_a_setup_only_the_workers_can_unpickle_still_shows_the_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from icechunk_coop.cli import main
     from icechunk_coop.inspect import ProgressReader
     from icechunk_coop.rendezvous import Rendezvous
     from icechunk_coop.wire import Sealer
 
-    monkeypatch.setenv(SECRET_ENV, SECRET)
-    sealer = Sealer(job_id="m-u1", secret=SECRET.encode())
+    monkeypatch.setenv(SECRET_ENV, secret)
+    sealer = Sealer(job_id="m-u1", secret=secret.encode())
     rv = Rendezvous.for_job(str(tmp_path), job_id="m-u1", sealer=sealer)
     wire = {"format": "icechunk-coop/setup/1", "token": "t", "job": "m-u1", "workers_total": 3,
             "job_start": None, "targets": {}, "decision": _OnlyTheWorkersImportThis()}  # fmt: skip
@@ -260,7 +264,7 @@ def test_a_setup_only_the_workers_can_unpickle_still_shows_the_job(
     text = capsys.readouterr().out
     assert "job m-u1: running" in text
     assert "its body does not unpickle here: ZeroDivisionError" in text  # said, not swallowed
-    progress = ProgressReader(str(tmp_path), "m", secret=SECRET).read()
+    progress = ProgressReader(str(tmp_path), "m", secret=secret).read()
     assert progress is not None
     assert [w.step for w in progress.workers] == []  # no total known: nothing to list
     assert progress.state == "running"

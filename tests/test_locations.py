@@ -4,37 +4,37 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import icechunk
 import pytest
 import zarr
 
-from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, icechunk_storage
+from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, icechunk_storage
 from icechunk_coop.errors import MissingLocationError, StorageUnreachableError, WorkerFailedError
-from icechunk_coop.targets import _icechunk as _icechunk_driver
 from icechunk_coop.testing import LocalS3, free_port, job_commits, run_in_process
+from icechunk_coop.wire import INSECURE_ENV
 
-SECRET = "locations-secret-0123456789abcdef"
+if TYPE_CHECKING:
+    from conftest import JobFactory
+
+INSECURE = {INSECURE_ENV: "1"}  # the jobs on local files below run unsealed
 
 
-def job(index: int, *, rendezvous: str, repo: str, total: int = 2) -> CooperativeJob:
-    return CooperativeJob.create(
-        identity=WorkerIdentity(
-            worker_index=index, workers_total=total, job_name="loc", job_uid="u"
-        ),
-        rendezvous_url=rendezvous,
-        primary=IcechunkTarget(name="primary", storage=icechunk_storage(repo)),
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-    )
+def job(make_job: JobFactory, index: int, *, rendezvous: str, repo: str) -> CooperativeJob:
+    """Worker ``index`` of two, on S3 URLs."""
+    return make_job(index, name="loc", rendezvous=rendezvous, primary=icechunk_storage(repo))
 
 
 def test_a_rendezvous_in_a_missing_bucket_is_refused_by_every_worker(
-    s3_env: LocalS3, s3_bucket: str
+    s3_env: LocalS3, s3_bucket: str, make_job: JobFactory
 ) -> None:
     for index in (0, 1):
-        worker = job(index, rendezvous="s3://no-such-bucket/rv", repo=f"s3://{s3_bucket}/repo")
+        worker = job(
+            make_job, index, rendezvous="s3://no-such-bucket/rv", repo=f"s3://{s3_bucket}/repo"
+        )
         with pytest.raises(MissingLocationError, match="s3://no-such-bucket/rv") as info:
             worker.run(work=lambda stores: None, message="m")
         assert not info.value.retryable
@@ -42,24 +42,24 @@ def test_a_rendezvous_in_a_missing_bucket_is_refused_by_every_worker(
 
 
 def test_a_repository_in_a_missing_bucket_is_refused_and_stops_the_others(
-    s3_env: LocalS3, s3_bucket: str
+    s3_env: LocalS3, s3_bucket: str, make_job: JobFactory
 ) -> None:
     urls = {"rendezvous": f"s3://{s3_bucket}/rv", "repo": "s3://no-such-repo-bucket/repo"}
     with pytest.raises(MissingLocationError, match="no-such-repo-bucket") as info:
-        job(0, **urls).run(work=lambda stores: None, message="m")
+        job(make_job, 0, **urls).run(work=lambda stores: None, message="m")
     assert "target 'primary'" in str(info.value) and not info.value.retryable
     # Worker 0 left a marker on the setup: the others stop at once, naming why.
     with pytest.raises(WorkerFailedError, match="no-such-repo-bucket"):
-        job(1, **urls).run(work=lambda stores: None, message="m")
+        job(make_job, 1, **urls).run(work=lambda stores: None, message="m")
 
 
 @pytest.mark.timeout(40)  # a hang guard: it used to take a minute of client retries
 def test_an_unreachable_endpoint_is_a_clear_retryable_error_naming_it(
-    s3_env: LocalS3, monkeypatch: pytest.MonkeyPatch
+    s3_env: LocalS3, make_job: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
-    worker = job(1, rendezvous="s3://some-bucket/rv", repo="s3://some-bucket/repo")
+    worker = job(make_job, 1, rendezvous="s3://some-bucket/rv", repo="s3://some-bucket/repo")
     with pytest.raises(StorageUnreachableError, match=re.escape(dead)) as info:
         worker.run(work=lambda stores: None, message="m")
     assert info.value.retryable
@@ -78,25 +78,14 @@ def _half_created(path: Path) -> tuple[icechunk.Storage, bytes]:
     return storage, last
 
 
-def _backfill(storage: icechunk.Storage, rendezvous: Path) -> Callable[[CooperativeJob], object]:
-    def make(identity: WorkerIdentity) -> CooperativeJob:
-        return CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=str(rendezvous),
-            primary=IcechunkTarget(name="primary", storage=storage),
-            environ={"ICECHUNK_COOP_INSECURE": "1"},
-        )
-
-    return make
-
-
 def test_a_repository_whose_creator_was_killed_is_refused_naming_what_is_left(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_job: JobFactory
 ) -> None:
-    monkeypatch.setattr(_icechunk_driver, "CREATOR_GRACE", 0.5)
     storage, _ = _half_created(tmp_path / "repo")
+    primary = IcechunkTarget(name="primary", storage=storage, creator_grace=0.5)
+    backfill = partial(make_job, primary=primary, secret=None, environ=INSECURE)
     with pytest.raises(MissingLocationError, match="creation was cut short") as info:
-        run_in_process(_backfill(storage, tmp_path / "rv"), 2, lambda job: job.run(
+        run_in_process(backfill, 2, lambda job: job.run(
             work=lambda stores: None, message="m"))  # fmt: skip
     assert "snapshots/1CECHNKREP0F1RSTCMT0" in str(info.value)
     assert "delete those objects" in str(info.value)
@@ -108,12 +97,15 @@ def _touch(stores: Stores) -> None:
     zarr.create_array(stores.primary, name="a", shape=(1,), dtype="i1")
 
 
-def test_a_twin_finishing_the_repository_within_the_grace_is_used(tmp_path: Path) -> None:
+def test_a_twin_finishing_the_repository_within_the_grace_is_used(
+    tmp_path: Path, make_job: JobFactory
+) -> None:
     storage, last = _half_created(tmp_path / "repo")
+    backfill = partial(make_job, primary=storage, secret=None, environ=INSECURE)
     # A live twin of worker 0 writes the last object of its create a second from now.
     finished = threading.Timer(1.0, (tmp_path / "repo" / "repo").write_bytes, [last])
     finished.start()
-    outcomes = run_in_process(_backfill(storage, tmp_path / "rv"), 2, lambda job: job.run(
+    outcomes = run_in_process(backfill, 2, lambda job: job.run(
         work=_touch if job.identity.worker_index == 0 else (lambda stores: None),
         message="m"))  # fmt: skip
     finished.join()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import icechunk
 import pytest
@@ -14,17 +14,16 @@ import zarr
 from icechunk_coop import (
     ConfigurationError,
     CooperativeJob,
-    IcechunkTarget,
     Loop,
     Stores,
-    WorkerIdentity,
     WorkerOutcome,
     assign_jobs,
     run_region_jobs,
 )
 from icechunk_coop.testing import Killed, at_crash_point, job_commits, run_in_process
 
-SECRET = "loop-secret-0123456789abcdef0123"
+if TYPE_CHECKING:
+    from conftest import JobFactory
 
 
 @pytest.mark.parametrize("how", ["contiguous", "bit-reversed-blocks", "interleaved"])
@@ -76,20 +75,12 @@ class Region:
 
 @pytest.mark.parametrize("restart_last", [False, True])
 def test_hooks_see_the_whole_list_and_finalize_gets_results_in_job_order(
-    tmp_path: Path, restart_last: bool
+    tmp_path: Path, make_job: JobFactory, restart_last: bool
 ) -> None:
     storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
     regions = [Region(row=r) for r in range(10)]
     contexts: list[Any] = []
     final: list[Any] = []
-
-    def make(identity: WorkerIdentity) -> CooperativeJob:
-        return CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=str(tmp_path / "rv"),
-            primary=IcechunkTarget(name="primary", storage=storage),
-            environ={"ICECHUNK_COOP_SECRET": SECRET},
-        )
 
     def prepare(stores: Stores, loop: Loop) -> None:
         assert len(loop.jobs) == 10
@@ -115,12 +106,12 @@ def test_hooks_see_the_whole_list_and_finalize_gets_results_in_job_order(
         # The last worker dies once the plan is pinned; restarted, it skips its own
         # work (its result is in the plan) and still has the job list and context.
         with at_crash_point("after-pin-plan"), pytest.raises(Killed):
-            run_in_process(make, 4, run, job_name="loop", job_uid="u")
+            run_in_process(make_job, 4, run, job_name="loop", job_uid="u")
         contexts.clear()
-        outcomes = run_in_process(make, 4, run, indexes=[3], job_name="loop", job_uid="u")
+        outcomes = run_in_process(make_job, 4, run, indexes=[3], job_name="loop", job_uid="u")
         assert contexts == [10]
     else:
-        outcomes = run_in_process(make, 4, run, job_name="loop", job_uid="u")
+        outcomes = run_in_process(make_job, 4, run, job_name="loop", job_uid="u")
         assert contexts == [10, 10, 10, 10]  # once per worker
     assert outcomes[-1].status == "committed"
     assert final == [{"row": r} for r in range(10)]  # job order, not worker order
@@ -133,7 +124,7 @@ def test_hooks_see_the_whole_list_and_finalize_gets_results_in_job_order(
 
 @pytest.mark.parametrize("restart_first", [False, True])
 def test_a_job_list_built_by_a_callable_is_worker_0s_for_every_worker(
-    tmp_path: Path, restart_first: bool
+    tmp_path: Path, make_job: JobFactory, restart_first: bool
 ) -> None:
     """A list that depends on when and where it is read is computed once and pinned.
 
@@ -148,14 +139,6 @@ def test_a_job_list_built_by_a_callable_is_worker_0s_for_every_worker(
         readings.append(job.identity.worker_index)
         start = 3 * len(readings)  # a different answer every time it is asked
         return [Region(row=r) for r in range(start, start + 5)]
-
-    def make(identity: WorkerIdentity) -> CooperativeJob:
-        return CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=str(tmp_path / "rv"),
-            primary=IcechunkTarget(name="primary", storage=storage),
-            environ={"ICECHUNK_COOP_SECRET": SECRET},
-        )
 
     def prepare(stores: Stores, loop: Loop) -> None:
         zarr.open_group(stores.primary, mode="a").create_array(
@@ -172,8 +155,8 @@ def test_a_job_list_built_by_a_callable_is_worker_0s_for_every_worker(
 
     if restart_first:
         with at_crash_point("after-publish-setup"), pytest.raises(Killed):
-            run_in_process(make, 3, run, indexes=[0], job_name="pin", job_uid="u")
-    outcomes = run_in_process(make, 3, run, job_name="pin", job_uid="u")
+            run_in_process(make_job, 3, run, indexes=[0], job_name="pin", job_uid="u")
+    outcomes = run_in_process(make_job, 3, run, job_name="pin", job_uid="u")
     assert readings == [0]
     assert [o.status for o in outcomes] == ["published", "published", "committed"]
     assert outcomes[0].worker_index == 0
@@ -195,17 +178,8 @@ class Scratch:
         return {"row": self.row, "scratch": self.scratch}
 
 
-def test_a_pinned_list_is_rebound_to_each_workers_own_values(tmp_path: Path) -> None:
-    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+def test_a_pinned_list_is_rebound_to_each_workers_own_values(make_job: JobFactory) -> None:
     final: list[Any] = []
-
-    def make(identity: WorkerIdentity) -> CooperativeJob:
-        return CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=str(tmp_path / "rv"),
-            primary=IcechunkTarget(name="primary", storage=storage),
-            environ={"ICECHUNK_COOP_SECRET": SECRET},
-        )
 
     def prepare(stores: Stores, loop: Loop[Scratch, None]) -> None:
         zarr.open_group(stores.primary, mode="a").create_array(
@@ -224,6 +198,6 @@ def test_a_pinned_list_is_rebound_to_each_workers_own_values(tmp_path: Path) -> 
             finalize=lambda stores, loop, results: final.extend(results),
         )
 
-    run_in_process(make, 3, run, job_name="rebind", job_uid="u")
+    run_in_process(make_job, 3, run, job_name="rebind", job_uid="u")
     owner = {p: w for w in range(3) for p in assign_jobs(6, w, 3, "interleaved")}
     assert final == [{"row": r, "scratch": f"/tmp/worker-{owner[r]}"} for r in range(6)]

@@ -11,8 +11,6 @@ from icechunk_coop.wire import Sealer
 from icechunk_coop.wire._markers import Failure
 from icechunk_coop.wire._records import failure_name
 
-SECRET = b"0123456789abcdef0123456789abcdef"  # a test value
-
 OLD_KEYS = {"format", "name", "summary", "at", "worker"}
 
 
@@ -44,10 +42,10 @@ def test_an_older_reader_ignores_the_new_keys() -> None:
     assert wire["format"] == "icechunk-coop/failure/1"  # the same format: no reader refuses it
 
 
-def test_a_worker_that_knows_its_pod_puts_it_in_its_marker() -> None:
+def test_a_worker_that_knows_its_pod_puts_it_in_its_marker(secret: str) -> None:
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     rendezvous = Rendezvous.for_job(
-        "memory://markers", job_id=job_id, sealer=Sealer(job_id=job_id, secret=SECRET)
+        "memory://markers", job_id=job_id, sealer=Sealer(job_id=job_id, secret=secret.encode())
     )
     me = WorkerIdentity(
         worker_index=1, workers_total=2, job_name=job_id, attempt=1, restart=0, pod="p-1-abcde"

@@ -12,20 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import icechunk
 import pytest
 import zarr
 
-from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, WorkerOutcome
+from icechunk_coop import CooperativeJob, Stores, WorkerIdentity, WorkerOutcome
 from icechunk_coop.errors import JobNameReusedError
 from icechunk_coop.inspect._cleanup import remove_job
 from icechunk_coop.testing import job_commits
 from icechunk_coop.wire._markers import Committed
 from icechunk_coop.wire._records import COMMITTED
 
-SECRET = "name-reuse-secret-0123456789abcd"
+if TYPE_CHECKING:
+    from conftest import JobFactory
+
+Make = Callable[..., CooperativeJob]
 FIRST = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 SECOND = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 
@@ -34,30 +37,28 @@ def repo(tmp_path: Path) -> icechunk.Repository:
     return icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
 
 
-def make(
-    tmp_path: Path,
-    index: int,
-    *,
-    uid: str | None = None,
-    start: datetime | None = None,
-    decided: datetime = FIRST,
-) -> CooperativeJob:
-    identity = WorkerIdentity(
-        worker_index=index,
-        workers_total=2,
-        job_name="nightly",
-        job_uid=uid,
-        job_start=start,
-        pod=f"nightly-{index}-abcde",
-    )
-    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-    return CooperativeJob.create(
-        identity=identity,
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=IcechunkTarget(name="primary", storage=storage),
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-        job_start=lambda: decided,
-    )
+@pytest.fixture
+def make(make_job: JobFactory) -> Make:
+    """Worker ``index`` of a Job ``nightly``: uid and start as its environment would give them."""
+
+    def make(
+        index: int,
+        *,
+        uid: str | None = None,
+        start: datetime | None = None,
+        decided: datetime = FIRST,
+    ) -> CooperativeJob:
+        identity = WorkerIdentity(
+            worker_index=index,
+            workers_total=2,
+            job_name="nightly",
+            job_uid=uid,
+            job_start=start,
+            pod=f"nightly-{index}-abcde",
+        )
+        return make_job(identity, job_start=lambda: decided)
+
+    return make
 
 
 def prepare(stores: Stores) -> None:
@@ -78,8 +79,8 @@ def run(job: CooperativeJob, value: int = 1) -> WorkerOutcome:
     return job.run(work=writer(job.identity.worker_index, value), prepare=prepare, message="m")
 
 
-def run_job(tmp_path: Path, value: int = 1, **identity: Any) -> list[WorkerOutcome]:
-    return [run(make(tmp_path, i, **identity), value) for i in (0, 1)]
+def run_job(make: Make, value: int = 1, **identity: Any) -> list[WorkerOutcome]:
+    return [run(make(i, **identity), value) for i in (0, 1)]
 
 
 def marker(job: CooperativeJob) -> Committed:
@@ -88,18 +89,18 @@ def marker(job: CooperativeJob) -> Committed:
     return found
 
 
-def test_the_committed_marker_says_which_run_committed(tmp_path: Path) -> None:
-    assert [o.status for o in run_job(tmp_path, start=FIRST)] == ["published", "committed"]
-    found = marker(make(tmp_path, 0, start=FIRST))
+def test_the_committed_marker_says_which_run_committed(tmp_path: Path, make: Make) -> None:
+    assert [o.status for o in run_job(make, start=FIRST)] == ["published", "committed"]
+    found = marker(make(0, start=FIRST))
     assert found.job_start == FIRST.isoformat()
     assert found.pod == "nightly-1-abcde"
 
 
 def test_the_marker_records_the_start_worker_0_decided_when_the_environment_gives_none(
-    tmp_path: Path,
+    tmp_path: Path, make: Make
 ) -> None:
-    run_job(tmp_path, uid="u1", decided=SECOND)
-    assert marker(make(tmp_path, 0, uid="u1")).job_start == SECOND.isoformat()
+    run_job(make, uid="u1", decided=SECOND)
+    assert marker(make(0, uid="u1")).job_start == SECOND.isoformat()
 
 
 def test_a_marker_without_the_new_fields_still_reads_and_they_are_not_written_when_unknown() -> (
@@ -113,36 +114,38 @@ def test_a_marker_without_the_new_fields_still_reads_and_they_are_not_written_wh
 
 
 def test_a_name_reused_with_a_new_uid_commits_again_and_a_retry_under_a_uid_is_done(
-    tmp_path: Path,
+    tmp_path: Path, make: Make
 ) -> None:
-    run_job(tmp_path, uid="u1", start=FIRST)
+    run_job(make, uid="u1", start=FIRST)
     # A retry under the same uid, even with a start that differs: the uid decides, as before.
-    assert run(make(tmp_path, 0, uid="u1", start=SECOND)).status == "already-committed"
-    second = run_job(tmp_path, value=2, uid="u2", start=SECOND)
+    assert run(make(0, uid="u1", start=SECOND)).status == "already-committed"
+    second = run_job(make, value=2, uid="u2", start=SECOND)
     assert [o.status for o in second] == ["published", "committed"]
     assert len(job_commits(repo(tmp_path), "nightly-u1")) == 1
     assert len(job_commits(repo(tmp_path), "nightly-u2")) == 1
 
 
-def test_a_retry_of_the_same_run_without_a_uid_finds_itself_done(tmp_path: Path) -> None:
-    run_job(tmp_path, start=FIRST)
+def test_a_retry_of_the_same_run_without_a_uid_finds_itself_done(
+    tmp_path: Path, make: Make
+) -> None:
+    run_job(make, start=FIRST)
     tip = repo(tmp_path).lookup_branch("main")
-    assert run(make(tmp_path, 0, start=FIRST), value=9).status == "already-committed"
-    assert run(make(tmp_path, 1, start=FIRST), value=9).status == "already-committed"
+    assert run(make(0, start=FIRST), value=9).status == "already-committed"
+    assert run(make(1, start=FIRST), value=9).status == "already-committed"
     assert repo(tmp_path).lookup_branch("main") == tip
     assert len(job_commits(repo(tmp_path), "nightly")) == 1
 
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_another_run_of_the_name_without_a_uid_is_refused_naming_the_fix(
-    tmp_path: Path, index: int
+    tmp_path: Path, make: Make, index: int
 ) -> None:
-    run_job(tmp_path, start=FIRST)
+    run_job(make, start=FIRST)
     tip = repo(tmp_path).lookup_branch("main")
-    before = marker(make(tmp_path, 0, start=FIRST))
+    before = marker(make(0, start=FIRST))
 
     with pytest.raises(JobNameReusedError) as refused:
-        run(make(tmp_path, index, start=SECOND), value=9)
+        run(make(index, start=SECOND), value=9)
 
     message = str(refused.value)
     assert "'nightly'" in message
@@ -151,43 +154,45 @@ def test_another_run_of_the_name_without_a_uid_is_refused_naming_the_fix(
     assert "new name" in message
     assert refused.value.committed_start == FIRST.isoformat()
     assert repo(tmp_path).lookup_branch("main") == tip  # nothing committed
-    assert marker(make(tmp_path, 0, start=FIRST)) == before  # the first run's word stands
+    assert marker(make(0, start=FIRST)) == before  # the first run's word stands
 
 
 def test_a_run_without_a_start_cannot_be_told_from_a_retry_and_is_refused(
-    tmp_path: Path,
+    tmp_path: Path, make: Make
 ) -> None:
-    run_job(tmp_path)  # worker 0 decided the start: the environment gave none
+    run_job(make)  # worker 0 decided the start: the environment gave none
     tip = repo(tmp_path).lookup_branch("main")
 
     with pytest.raises(JobNameReusedError, match="no job start in its environment") as refused:
-        run(make(tmp_path, 1), value=9)
+        run(make(1), value=9)
 
     assert refused.value.own_start is None
     assert refused.value.committed_start == FIRST.isoformat()
     assert repo(tmp_path).lookup_branch("main") == tip
 
 
-def test_a_marker_from_an_older_version_is_refused_without_a_uid(tmp_path: Path) -> None:
-    run_job(tmp_path, start=FIRST)
-    job = make(tmp_path, 0, start=FIRST)
+def test_a_marker_from_an_older_version_is_refused_without_a_uid(
+    tmp_path: Path, make: Make
+) -> None:
+    run_job(make, start=FIRST)
+    job = make(0, start=FIRST)
     old = marker(job)
     job.meeting.publish(COMMITTED, Committed(snapshots=old.snapshots, at=old.at))
 
     with pytest.raises(JobNameReusedError, match="did not record"):
-        run(make(tmp_path, 0, start=FIRST), value=9)
+        run(make(0, start=FIRST), value=9)
 
 
 def test_after_the_old_run_is_forgotten_another_start_commits_and_the_same_start_is_done(
-    tmp_path: Path,
+    tmp_path: Path, make: Make
 ) -> None:
     # `icechunk-coop clean --job nightly` removes the rendezvous, marker and all: only the
     # commit's own record of its start can tell a new run of the name from a retry.
-    run_job(tmp_path, start=FIRST)
+    run_job(make, start=FIRST)
     remove_job(str(tmp_path / "rv"), "nightly")
-    assert run(make(tmp_path, 0, start=FIRST), value=9).status == "already-committed"
+    assert run(make(0, start=FIRST), value=9).status == "already-committed"
     remove_job(str(tmp_path / "rv"), "nightly")
-    second = run_job(tmp_path, value=2, start=SECOND)
+    second = run_job(make, value=2, start=SECOND)
     assert [o.status for o in second] == ["published", "committed"]
     assert len(job_commits(repo(tmp_path), "nightly")) == 2
     store = repo(tmp_path).readonly_session("main").store

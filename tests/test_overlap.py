@@ -15,14 +15,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import icechunk
 import numpy as np
 import pytest
 import zarr
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from icechunk_coop import (
@@ -38,7 +38,9 @@ from icechunk_coop.targets._overlap import RecordingStore, split_key
 from icechunk_coop.testing import run_in_process
 from icechunk_coop.wire._records import Result
 
-SECRET = "overlap-secret-0123456789abcdef"
+if TYPE_CHECKING:
+    from conftest import JobFactory
+
 LENGTH, CHUNK = 20, 10
 
 
@@ -47,6 +49,7 @@ class Place:
     """Where a job writes: an Icechunk repository or a plain zarr store, and its rendezvous."""
 
     root: Path
+    jobs: JobFactory  # the make_job fixture
     plain: bool = False
 
     @property
@@ -84,20 +87,12 @@ class Place:
         return len(list(repo.ancestry(branch="main")))
 
     def make(self) -> Callable[[WorkerIdentity], CooperativeJob]:
-        def make(identity: WorkerIdentity) -> CooperativeJob:
-            return CooperativeJob.create(
-                identity=identity,
-                rendezvous_url=str(self.root / "rv"),
-                primary=self.target(),
-                environ={"ICECHUNK_COOP_SECRET": SECRET},
-            )
-
-        return make
+        return lambda identity: self.jobs(identity, root=self.root, primary=self.target())
 
 
 @pytest.fixture(params=["icechunk", "zarr"])
-def place(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
-    where = Place(root=tmp_path, plain=request.param == "zarr")
+def place(request: pytest.FixtureRequest, tmp_path: Path, make_job: JobFactory) -> Place:
+    where = Place(root=tmp_path, jobs=make_job, plain=request.param == "zarr")
     where.create()
     return where
 
@@ -170,8 +165,10 @@ def test_one_workers_metadata_change_reaches_the_target(place: Place) -> None:
     assert attrs_now == {"by": 5}
 
 
-def test_a_node_created_in_two_workers_is_refused_before_icechunk_merges(tmp_path: Path) -> None:
-    place = Place(root=tmp_path)
+def test_a_node_created_in_two_workers_is_refused_before_icechunk_merges(
+    tmp_path: Path, make_job: JobFactory
+) -> None:
+    place = Place(root=tmp_path, jobs=make_job)
     place.create()
 
     def create(stores: Stores) -> None:
@@ -255,9 +252,9 @@ def _loop(place: Place, jobs: list[RegionJob], total: int, uid: str) -> list[Any
 
 
 def test_region_jobs_of_two_workers_sharing_a_shard_are_refused_before_any_work(
-    tmp_path: Path,
+    tmp_path: Path, make_job: JobFactory
 ) -> None:
-    place = Place(root=tmp_path)
+    place = Place(root=tmp_path, jobs=make_job)
     place.create()
     jobs = [RegionJob(region=slice(0, 15)), RegionJob(region=slice(15, 20))]
     processed: list[int] = []
@@ -272,9 +269,9 @@ def test_region_jobs_of_two_workers_sharing_a_shard_are_refused_before_any_work(
 
 
 def test_region_jobs_sharing_a_shard_on_one_worker_and_aligned_ones_commit(
-    tmp_path: Path,
+    tmp_path: Path, make_job: JobFactory
 ) -> None:
-    place = Place(root=tmp_path)
+    place = Place(root=tmp_path, jobs=make_job)
     place.create()
     jobs = [RegionJob(region=slice(0, 10)), RegionJob(region=slice(10, 15))]
     jobs += [RegionJob(region=slice(15, 20))]
@@ -285,9 +282,9 @@ def test_region_jobs_sharing_a_shard_on_one_worker_and_aligned_ones_commit(
 
 
 def test_region_jobs_that_do_not_say_what_they_write_are_left_to_the_last_worker(
-    tmp_path: Path,
+    tmp_path: Path, make_job: JobFactory
 ) -> None:
-    place = Place(root=tmp_path)
+    place = Place(root=tmp_path, jobs=make_job)
     place.create()
     jobs = [RegionJob(region=slice(0, 15)), RegionJob(region=slice(15, 20))]
     unnamed = [attrs.evolve(j, data_vars=None) for j in jobs]  # type: ignore[arg-type]
@@ -310,14 +307,24 @@ def partitions(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[int], int]:
     return regions, owners, workers
 
 
+# make_job is function-scoped but holds no state: every example passes its own root.
+@settings(
+    suppress_health_check=[
+        *settings.default.suppress_health_check,
+        HealthCheck.function_scoped_fixture,
+    ]
+)
 @given(case=partitions(), plain=st.booleans(), rewrite=st.booleans())
 def test_a_job_commits_what_one_worker_would_or_refuses_a_real_overlap(
-    case: tuple[list[tuple[int, int]], list[int], int], plain: bool, rewrite: bool
+    make_job: JobFactory,
+    case: tuple[list[tuple[int, int]], list[int], int],
+    plain: bool,
+    rewrite: bool,
 ) -> None:
     regions, owners, workers = case
     root = Path(tempfile.mkdtemp(prefix="coop-overlap-"))
     try:
-        place = Place(root=root, plain=plain)
+        place = Place(root=root, jobs=make_job, plain=plain)
         # rewrite: the base already holds the values the jobs write, so every
         # worker's copy of a shared chunk is byte for byte the same.
         values = np.arange(LENGTH, dtype="i4") * 3

@@ -24,13 +24,12 @@ from icechunk_coop import icechunk_storage
 from icechunk_coop.testing import start_workers
 
 WORKER = str(Path(__file__).with_name("overlap_worker.py"))
-SECRET = "overlap-secret-0123456789abcdef"
 
 pytestmark = pytest.mark.slow
 
 
 def _run(
-    base_env: dict[str, str], bucket: str, case: str, *args: str
+    base_env: dict[str, str], secret: str, bucket: str, case: str, *args: str
 ) -> tuple[dict[int, tuple[int, str]], str]:
     name = f"overlap-{uuid.uuid4().hex[:6]}"
     argv = [sys.executable, WORKER, "--rendezvous", f"s3://{bucket}/rv", *args]
@@ -39,7 +38,7 @@ def _run(
         2,
         job_name=name,
         job_uid="u1",
-        secret=SECRET,
+        secret=secret,
         env={**base_env, "OVERLAP_CASE": case},
     )
     done = {}
@@ -49,10 +48,10 @@ def _run(
     return done, name
 
 
-def _status(base_env: dict[str, str], bucket: str, name: str) -> str:
+def _status(base_env: dict[str, str], secret: str, bucket: str, name: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "icechunk_coop.cli", "status", f"s3://{bucket}/rv", "--job", name],
-        env={**base_env, "ICECHUNK_COOP_SECRET": SECRET},
+        env={**base_env, "ICECHUNK_COOP_SECRET": secret},
         capture_output=True,
         text=True,
         timeout=120,
@@ -67,10 +66,10 @@ def _repo(bucket: str) -> icechunk.Repository:
 
 @pytest.mark.parametrize("case", ["halves", "same", "metadata"])
 def test_two_workers_writing_one_chunk_or_node_stop_the_job_and_nothing_moves(
-    base_env: dict[str, str], s3_bucket: str, case: str
+    base_env: dict[str, str], secret: str, s3_bucket: str, case: str
 ) -> None:
     repo_url, replica = f"s3://{s3_bucket}/repo", f"s3://{s3_bucket}/replica"
-    done, name = _run(base_env, s3_bucket, case, "--repo", repo_url, "--zarr", replica)
+    done, name = _run(base_env, secret, s3_bucket, case, "--repo", repo_url, "--zarr", replica)
     code0, out0 = done[0]
     code1, out1 = done[1]
     assert code0 == 0 and "OUTCOME published" in out0, out0
@@ -87,14 +86,14 @@ def test_two_workers_writing_one_chunk_or_node_stop_the_job_and_nothing_moves(
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     assert not fs.exists(f"{s3_bucket}/replica/x/zarr.json")
     # The failure marker tells the operator why.
-    assert "ChunkOverlapError" in _status(base_env, s3_bucket, name)
+    assert "ChunkOverlapError" in _status(base_env, secret, s3_bucket, name)
 
 
 def test_a_chunk_every_worker_writes_the_same_way_commits(
-    base_env: dict[str, str], s3_bucket: str
+    base_env: dict[str, str], secret: str, s3_bucket: str
 ) -> None:
     repo_url, replica = f"s3://{s3_bucket}/repo", f"s3://{s3_bucket}/replica"
-    done, _ = _run(base_env, s3_bucket, "identical", "--repo", repo_url, "--zarr", replica)
+    done, _ = _run(base_env, secret, s3_bucket, "identical", "--repo", repo_url, "--zarr", replica)
     assert all(code == 0 for code, _ in done.values()), done
     assert "OUTCOME committed" in done[1][1]
     store = _repo(s3_bucket).readonly_session("main").store
@@ -105,10 +104,10 @@ def test_a_chunk_every_worker_writes_the_same_way_commits(
 
 
 def test_a_plain_zarr_primary_says_which_chunks_may_hold_another_workers_bytes(
-    base_env: dict[str, str], s3_bucket: str
+    base_env: dict[str, str], secret: str, s3_bucket: str
 ) -> None:
     url = f"s3://{s3_bucket}/plain"
-    done, name = _run(base_env, s3_bucket, "halves", "--repo", url, "--zarr-primary")
+    done, name = _run(base_env, secret, s3_bucket, "halves", "--repo", url, "--zarr-primary")
     code1, out1 = done[1]
     assert code1 == 3, out1
     assert "REFUSED ChunkOverlapError" in out1 and "already in the store" in out1, out1
@@ -117,4 +116,4 @@ def test_a_plain_zarr_primary_says_which_chunks_may_hold_another_workers_bytes(
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     assert fs.exists(f"{s3_bucket}/plain/x/c/1")  # the chunk is there ...
     assert not fs.exists(f"{s3_bucket}/plain/x/zarr.json")  # ... and no reader sees it
-    assert "ChunkOverlapError" in _status(base_env, s3_bucket, name)
+    assert "ChunkOverlapError" in _status(base_env, secret, s3_bucket, name)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import icechunk
@@ -18,9 +21,7 @@ from icechunk_coop.errors import (
     PayloadError,
     PayloadFormatError,
 )
-from icechunk_coop.wire import Sealer, _payload
-
-SECRET = b"0123456789abcdef0123456789abcdef"
+from icechunk_coop.wire import Sealer
 
 
 class Boom:
@@ -34,8 +35,8 @@ class Boom:
 
 
 @pytest.fixture
-def sealer() -> Sealer:
-    return Sealer(job_id="job-a", secret=SECRET)
+def sealer(secret: str) -> Sealer:
+    return Sealer(job_id="job-a", secret=secret.encode())
 
 
 @pytest.mark.parametrize("content", ["json", "pickle"])
@@ -76,14 +77,14 @@ def test_forged_frame_with_malicious_pickle_is_refused(
     assert not canary.exists()
 
 
-@pytest.mark.parametrize("secret", [SECRET, None])
+@pytest.mark.parametrize("sealed", [True, False], ids=["with-secret", "without"])
 def test_a_pickle_where_json_is_expected_is_never_unpickled(
-    tmp_path: Path, secret: bytes | None
+    tmp_path: Path, secret: str, sealed: bool
 ) -> None:
     # Authentic or not, a frame does not get to choose to be unpickled: a failure
     # marker read without the secret (icechunk-coop status) must stay data.
     canary = tmp_path / "pwned"
-    reader = Sealer(job_id="job-a", secret=secret)
+    reader = Sealer(job_id="job-a", secret=secret.encode() if sealed else None)
     blob = reader.seal(Boom(canary), name="result-0.failed", content="pickle")
     with pytest.raises(PayloadFormatError, match="'pickle' content where 'json' is expected"):
         reader.open(blob, name="result-0.failed", location="x", expect="json")
@@ -120,8 +121,8 @@ def test_other_secret_is_refused(sealer: Sealer) -> None:
         sealer.open(blob, name="setup", location="x", expect="json")
 
 
-def test_other_job_is_refused(sealer: Sealer) -> None:
-    blob = Sealer(job_id="job-b", secret=SECRET).seal(1, name="setup", content="json")
+def test_other_job_is_refused(sealer: Sealer, secret: str) -> None:
+    blob = Sealer(job_id="job-b", secret=secret.encode()).seal(1, name="setup", content="json")
     with pytest.raises(ForeignPayloadError, match="job-b"):
         sealer.open(blob, name="setup", location="x", expect="json")
 
@@ -132,13 +133,34 @@ def test_blob_moved_to_another_name_is_refused(sealer: Sealer) -> None:
         sealer.open(blob, name="result-2", location="x", expect="json")
 
 
-def test_other_icechunk_version_is_refused(
-    sealer: Sealer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+_SEAL_ELSEWHERE = """
+import sys
+from pathlib import Path
+from icechunk_coop.wire import Sealer
+
+class Boom:
+    def __reduce__(self):
+        return (Path.touch, (Path(sys.argv[2]),))
+
+sealer = Sealer(job_id="job-a", secret=sys.argv[1].encode())
+sys.stdout.buffer.write(sealer.seal(Boom(), name="setup", content="pickle"))
+"""
+
+
+def test_other_icechunk_version_is_refused(sealer: Sealer, secret: str, tmp_path: Path) -> None:
+    """A setup sealed by a worker whose environment has icechunk 1.0.0 installed."""
     canary = tmp_path / "pwned"
-    monkeypatch.setattr(_payload, "_icechunk_version", lambda: "1.0.0")
-    blob = sealer.seal(Boom(canary), name="setup", content="pickle")
-    monkeypatch.undo()
+    elsewhere = tmp_path / "site"  # first on its path: what its package metadata says
+    (elsewhere / "icechunk-1.0.0.dist-info").mkdir(parents=True)
+    (elsewhere / "icechunk-1.0.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: icechunk\nVersion: 1.0.0\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(elsewhere), *sys.path])}
+    blob = subprocess.run(
+        [sys.executable, "-c", _SEAL_ELSEWHERE, secret, str(canary)],
+        env=env, capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert not canary.exists()
     with pytest.raises(IcechunkVersionError, match=r"icechunk 1\.0\.0"):
         sealer.open(blob, name="setup", location="x", expect="pickle")
     assert not canary.exists()

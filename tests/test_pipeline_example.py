@@ -32,13 +32,12 @@ import pytest
 import xarray as xr
 import zarr.storage
 
-from icechunk_coop import icechunk_storage
+from icechunk_coop import SECRET_ENV, icechunk_storage
 from icechunk_coop.inspect import METADATA_KEY
 from icechunk_coop.testing import LocalS3
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipeline_forecast.py"
-SECRET = "pipeline-test-secret-0123456789ab"
 IDENTITY = ("JOB_", "WORKER", "CRONJOB_", "CRON_JOB_", "ICECHUNK_COOP_")  # the shell's are not ours
 END = "2025-01-03T12:00"  # 10 init times: 5 shards x 2 variable groups = 10 region jobs
 STEPS = 10
@@ -77,7 +76,7 @@ def run_local(
     ]  # fmt: skip
     return subprocess.run(
         command,
-        env={**env, "ICECHUNK_COOP_SECRET": SECRET},
+        env=env,
         capture_output=True,
         text=True,
         timeout=660,
@@ -92,7 +91,7 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 @attrs.frozen(kw_only=True)
 class World:
-    """One bucket on moto, the workers' environment and the two backfills, loaded."""
+    """One bucket on moto, the workers' environment (their secret too), the two backfills."""
 
     s3: LocalS3
     env: dict[str, str]
@@ -134,11 +133,12 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(moto_server: LocalS3) -> Iterator[World]:
+def world(moto_server: LocalS3, secret: str) -> Iterator[World]:
     """The backfill by one worker (in this process) and by eight (run-local), loaded."""
     bucket = f"pipeline-{uuid.uuid4().hex[:8]}"
     moto_server.create_bucket(bucket)
     env = {k: v for k, v in os.environ.items() if not k.startswith(IDENTITY)} | moto_server.env
+    env[SECRET_ENV] = secret  # what run-local hands its workers
     place = World(s3=moto_server, env=env, bucket=bucket, one=xr.Dataset(), eight=xr.Dataset())
     with pytest.MonkeyPatch.context() as patch:  # icechunk reads credentials from os.environ
         for key, value in moto_server.env.items():

@@ -18,18 +18,29 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import icechunk
 import numpy as np
 import zarr
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, WorkerIdentity, WorkerOutcome
+from icechunk_coop import CooperativeJob, Stores, WorkerOutcome
 from icechunk_coop.testing import job_commits, run_in_process
 
-SECRET = "property-secret-0123456789abcdef"
+if TYPE_CHECKING:
+    from conftest import JobFactory
+
 CHUNKS = (2, 3)
 COLS = 6
 
@@ -43,8 +54,9 @@ def _array(repo: icechunk.Repository) -> np.ndarray:
 
 
 class CooperativeEqualsSerial(RuleBasedStateMachine):
-    def __init__(self) -> None:
+    def __init__(self, make_job: JobFactory) -> None:
         super().__init__()
+        self.make_job = make_job
         self.dir = Path(tempfile.mkdtemp(prefix="coop-prop-"))
         for name in ("serial", "coop"):
             repo = icechunk.Repository.create(
@@ -104,14 +116,7 @@ class CooperativeEqualsSerial(RuleBasedStateMachine):
             block: owners[n % len(owners)] % workers for n, (block, _) in enumerate(self.writes)
         }
         storage = icechunk.local_filesystem_storage(str(self.dir / "coop"))
-
-        def make(identity: WorkerIdentity) -> CooperativeJob:
-            return CooperativeJob.create(
-                identity=identity,
-                rendezvous_url=str(self.dir / "rv"),
-                primary=IcechunkTarget(name="primary", storage=storage),
-                environ={"ICECHUNK_COOP_SECRET": SECRET},
-            )
+        make = partial(self.make_job, root=self.dir, primary=storage)
 
         def run(job: CooperativeJob) -> WorkerOutcome:
             me = job.identity.worker_index
@@ -159,4 +164,10 @@ class CooperativeEqualsSerial(RuleBasedStateMachine):
         assert coop.list_branches() == {"main"}
 
 
-TestCooperativeEqualsSerial = CooperativeEqualsSerial.TestCase
+def test_cooperative_equals_serial(make_job: JobFactory) -> None:
+    # The settings a RuleBasedStateMachine's TestCase runs with, over the loaded profile.
+    # make_job holds no state: every run of the machine passes its own root.
+    run_state_machine_as_test(
+        lambda: CooperativeEqualsSerial(make_job),
+        settings=settings(deadline=None, suppress_health_check=list(HealthCheck)),
+    )

@@ -34,7 +34,6 @@ from reformatters_standin import (
     write_virtual_sources,
 )
 
-SECRET = "reformatters-secret-0123456789abcdef"
 BACKFILL_END = START + 12 * FREQ  # 12 steps: 6 chunks x 2 variables = 12 region jobs
 FIRE_TIME = START + 16 * FREQ  # the update's template reaches step 15...
 
@@ -56,9 +55,9 @@ class Virtual(VirtualRegionJob):
 
 
 @pytest.fixture(autouse=True)
-def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+def _secret(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
     # Their pods get it from a Secret; the identity comes from their arguments here.
-    monkeypatch.setenv("ICECHUNK_COOP_SECRET", SECRET)
+    monkeypatch.setenv("ICECHUNK_COOP_SECRET", secret)
     for name in ("JOB_COMPLETION_INDEX", "WORKER_INDEX", "WORKERS_TOTAL", "JOB_NAME", "JOB_UID"):
         monkeypatch.delenv(name, raising=False)
 
@@ -219,7 +218,7 @@ def test_an_overwrite_backfill_that_would_trim_the_store_is_refused(tmp_path: Pa
                          overwrite_chunks=True)  # fmt: skip
 
 
-def test_workers_in_their_own_processes_commit_one_backfill(tmp_path: Path) -> None:
+def test_workers_in_their_own_processes_commit_one_backfill(tmp_path: Path, secret: str) -> None:
     """Three processes started like an Indexed Job's pods (index, total, name, uid, secret)."""
     worker = Path(__file__).with_name("reformatters_worker.py")
     procs = start_workers(
@@ -227,7 +226,7 @@ def test_workers_in_their_own_processes_commit_one_backfill(tmp_path: Path) -> N
         3,
         job_name="standin-backfill-abcd",
         job_uid="0f1e2d3c",
-        secret=SECRET,
+        secret=secret,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
     )
     outputs = {i: p.communicate(timeout=240)[0] for i, p in procs.items()}

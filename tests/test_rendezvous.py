@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,6 @@ from icechunk_coop.errors import (
 from icechunk_coop.rendezvous import Rendezvous, normalise_url
 from icechunk_coop.wire import Sealer
 
-SECRET = b"0123456789abcdef0123456789abcdef"
 FAST = WaitPolicy(timeout=1.0, initial_interval=0.05, max_interval=0.2)
 
 
@@ -44,14 +44,22 @@ def root_url(
     return f"gs://{request.getfixturevalue('gcs_bucket')}/rendezvous"
 
 
-def make(root_url: str, job_id: str = "job-1", policy: WaitPolicy = FAST) -> Rendezvous:
-    return Rendezvous.for_job(
-        root_url, job_id=job_id, sealer=Sealer(job_id=job_id, secret=SECRET), policy=policy
-    )
+Make = Callable[..., Rendezvous]
 
 
-def test_publish_read_replace(root_url: str) -> None:
-    rv = make(root_url)
+@pytest.fixture
+def make(root_url: str, secret: str) -> Make:
+    """``make(job_id="job-1", policy=FAST)``: a job's rendezvous at ``root_url``, sealed."""
+
+    def make(job_id: str = "job-1", policy: WaitPolicy = FAST) -> Rendezvous:
+        sealer = Sealer(job_id=job_id, secret=secret.encode())
+        return Rendezvous.for_job(root_url, job_id=job_id, sealer=sealer, policy=policy)
+
+    return make
+
+
+def test_publish_read_replace(make: Make) -> None:
+    rv = make()
     assert rv.read("result-0") is None
     rv.publish("result-0", {"v": 1})
     assert rv.read("result-0") == {"v": 1}
@@ -60,16 +68,16 @@ def test_publish_read_replace(root_url: str) -> None:
     assert rv.arrived() == {"result-0"}
 
 
-def test_publish_once_first_wins(root_url: str) -> None:
-    a, b = make(root_url), make(root_url)
+def test_publish_once_first_wins(make: Make) -> None:
+    a, b = make(), make()
     assert a.publish_once("setup", "from-a") == (True, "from-a")
     assert b.publish_once("setup", "from-b") == (False, "from-a")
     assert b.read("setup") == "from-a"
 
 
-def test_listing_cache_trap(root_url: str) -> None:
+def test_listing_cache_trap(make: Make) -> None:
     """A blob that appears after a negative probe is seen by the same instance."""
-    waiter, writer = make(root_url), make(root_url)
+    waiter, writer = make(), make()
     writer.publish("other", 0)
     assert waiter.arrived() == {"other"}
     assert waiter.read("late") is None
@@ -79,8 +87,8 @@ def test_listing_cache_trap(root_url: str) -> None:
     assert waiter.wait_for("late") == "here"
 
 
-def test_wait_for_all_returns_everything(root_url: str) -> None:
-    rv = make(root_url)
+def test_wait_for_all_returns_everything(make: Make) -> None:
+    rv = make()
     for i in range(3):
         rv.publish(f"result-{i}", i)
     assert rv.wait_for_all([f"result-{i}" for i in range(3)]) == {
@@ -90,24 +98,25 @@ def test_wait_for_all_returns_everything(root_url: str) -> None:
     }
 
 
-def test_timeout_names_the_missing(root_url: str) -> None:
-    rv = make(root_url)
+def test_timeout_names_the_missing(make: Make) -> None:
+    short = WaitPolicy(timeout=0.3, initial_interval=0.05, max_interval=0.1)
+    rv = make(policy=short)
     rv.publish("result-1", 1)
     with pytest.raises(WaitTimeoutError) as info:
         rv.wait_for_all(["result-0", "result-1", "result-2"])
     err = info.value
     assert err.missing == ["result-0", "result-2"]
     assert err.expected == 3
-    assert err.waited_seconds >= FAST.timeout * 0.5
+    assert err.waited_seconds >= short.timeout * 0.5
     assert "result-0, result-2" in str(err)
     assert rv.url in str(err)
     with pytest.raises(WaitTimeoutError, match="setup"):
         rv.wait_for("setup")
 
 
-def test_failure_marker_stops_waiters(root_url: str) -> None:
+def test_failure_marker_stops_waiters(make: Make) -> None:
     # A long deadline: only the marker can end these waits with WorkerFailedError.
-    rv = make(root_url, policy=WaitPolicy(timeout=120, initial_interval=0.05, max_interval=0.2))
+    rv = make(policy=WaitPolicy(timeout=120, initial_interval=0.05, max_interval=0.2))
     rv.mark_failed("result-2", "ValueError: no source files")
     with pytest.raises(WorkerFailedError, match="no source files") as info:
         rv.wait_for_all(["result-0", "result-1", "result-2"])
@@ -120,8 +129,8 @@ def test_failure_marker_stops_waiters(root_url: str) -> None:
     assert rv.wait_for("setup") == "ok"
 
 
-def test_a_published_blob_outranks_an_old_failure_marker(root_url: str) -> None:
-    rv = make(root_url)
+def test_a_published_blob_outranks_an_old_failure_marker(make: Make) -> None:
+    rv = make()
     rv.mark_failed("result-0", "first attempt died")
     rv.publish("result-0", "second attempt")
     assert rv.wait_for_all(["result-0"]) == {"result-0": "second attempt"}
@@ -131,14 +140,14 @@ def _plant(rv: Rendezvous, name: str, data: bytes) -> None:
     rv.blobs.put(name, data)
 
 
-def test_planted_malicious_pickle_is_refused(root_url: str, tmp_path: Path) -> None:
+def test_planted_malicious_pickle_is_refused(make: Make, tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
 
     class Boom:
         def __reduce__(self) -> tuple[object, ...]:
             return (Path.touch, (canary,))
 
-    rv = make(root_url)
+    rv = make()
     _plant(rv, "setup", pickle.dumps(Boom()))
     with pytest.raises(PayloadFormatError):
         rv.read("setup")
@@ -147,8 +156,8 @@ def test_planted_malicious_pickle_is_refused(root_url: str, tmp_path: Path) -> N
     assert not canary.exists()
 
 
-def test_tampered_truncated_and_foreign_blobs_are_refused(root_url: str) -> None:
-    rv = make(root_url)
+def test_tampered_truncated_and_foreign_blobs_are_refused(make: Make) -> None:
+    rv = make()
     rv.publish("result-0", {"files": ["a"]})
     good = rv.blobs.get("result-0")
     assert good is not None
@@ -158,21 +167,21 @@ def test_tampered_truncated_and_foreign_blobs_are_refused(root_url: str) -> None
     _plant(rv, "result-0", good[: len(good) // 2])
     with pytest.raises(PayloadError):
         rv.read("result-0")
-    other = make(root_url, job_id="job-2")
+    other = make(job_id="job-2")
     _plant(rv, "result-0", other.sealer.seal({"x": 1}, name="result-0", content="json"))
     with pytest.raises(ForeignPayloadError, match="job-2"):
         rv.read("result-0")
 
 
-def test_jobs_are_isolated(root_url: str) -> None:
-    a, b = make(root_url, "job-a"), make(root_url, "job-b")
+def test_jobs_are_isolated(make: Make) -> None:
+    a, b = make("job-a"), make("job-b")
     a.publish("setup", "a")
     assert b.read("setup") is None
     assert b.arrived() == set()
 
 
-def test_remove_all(root_url: str) -> None:
-    rv = make(root_url)
+def test_remove_all(make: Make) -> None:
+    rv = make()
     rv.publish("setup", 1)
     rv.mark_failed("result-0", "x")
     rv.remove_all()
@@ -180,8 +189,8 @@ def test_remove_all(root_url: str) -> None:
     rv.remove_all()  # idempotent
 
 
-def test_remove_all_can_keep_a_marker(root_url: str) -> None:
-    rv = make(root_url)
+def test_remove_all_can_keep_a_marker(make: Make) -> None:
+    rv = make()
     for name in ("setup", "result-0", "committed"):
         rv.publish(name, name)
     rv.remove_all(keep=["committed"])
@@ -189,8 +198,8 @@ def test_remove_all_can_keep_a_marker(root_url: str) -> None:
     assert rv.read("committed") == "committed"
 
 
-def test_requests_are_counted(root_url: str) -> None:
-    rv = make(root_url)
+def test_requests_are_counted(make: Make) -> None:
+    rv = make()
     rv.publish("setup", 1)
     rv.wait_for("setup")
     assert rv.requests.counts["put"] == 1
@@ -217,7 +226,7 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_real_processes_meet(root_url: str) -> None:
+def test_real_processes_meet(root_url: str, secret: str) -> None:
     if root_url.startswith("memory://"):
         pytest.skip("memory:// is one process by definition")
     total = 4
@@ -229,7 +238,7 @@ def test_real_processes_meet(root_url: str) -> None:
             "WORKER_INDEX": str(index),
             "WORKERS_TOTAL": str(total),
             "JOB_NAME": "proc-job",
-            "ICECHUNK_COOP_SECRET": SECRET.decode(),
+            "ICECHUNK_COOP_SECRET": secret,
         }
         procs.append(
             subprocess.Popen(
@@ -256,6 +265,7 @@ def test_malformed_urls_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize("job_id", ["../escape", "a/b", "", ".hidden", "x y"])
-def test_unsafe_job_ids_are_refused(job_id: str) -> None:
+def test_unsafe_job_ids_are_refused(job_id: str, secret: str) -> None:
+    sealer = Sealer(job_id=job_id, secret=secret.encode())
     with pytest.raises(ConfigurationError, match="unsafe"):
-        Rendezvous.for_job("memory://x", job_id=job_id, sealer=Sealer(job_id=job_id, secret=SECRET))
+        Rendezvous.for_job("memory://x", job_id=job_id, sealer=sealer)

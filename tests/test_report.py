@@ -23,7 +23,6 @@ from icechunk_coop.cli._gantt import draw_timeline
 from icechunk_coop.inspect import ProgressReader, Span, Timeline
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
-SECRET = "report-test-secret-0123456789abcdef"
 PNG = b"\x89PNG\r\n\x1a\n"
 ESC = "\x1b"
 
@@ -49,11 +48,11 @@ class Job:
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
+def job(tmp_path_factory: pytest.TempPathFactory, secret: str) -> Job:
     tmp = tmp_path_factory.mktemp("report")
     repo, rv = tmp / "repo", tmp / "rv"
     rv.mkdir()
-    env = clean_env(**{SECRET_ENV: SECRET, "COOP_TEST_SLEEP_IN_WORK": "2"})  # seen running
+    env = clean_env(**{SECRET_ENV: secret, "COOP_TEST_SLEEP_IN_WORK": "2"})  # seen running
     watch = subprocess.Popen(
         cli("status", str(rv), "--job", "wr", "--watch", "--interval", "0.2"),
         env=env,
@@ -95,11 +94,13 @@ def test_piped_run_local_has_icechunks_warnings_without_colour_codes(job: Job) -
     assert f"--workers 3 --rendezvous {job.rv} --" in job.run.stderr  # in the way to resume
 
 
-def test_report_prints_the_critical_path_and_draws_every_worker(job: Job, tmp_path: Path) -> None:
+def test_report_prints_the_critical_path_and_draws_every_worker(
+    job: Job, tmp_path: Path, secret: str
+) -> None:
     picture = tmp_path / "out" / "timeline.png"
     proc = subprocess.run(
         cli("report", str(job.rv), "wr", "-o", str(picture)),
-        env=clean_env(**{SECRET_ENV: SECRET}),  # the committed marker is sealed
+        env=clean_env(**{SECRET_ENV: secret}),  # the committed marker is sealed
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -109,7 +110,7 @@ def test_report_prints_the_critical_path_and_draws_every_worker(job: Job, tmp_pa
     assert f"timeline written to {picture}" in proc.stdout
     assert picture.read_bytes().startswith(PNG)
 
-    reader = ProgressReader(str(job.rv), "wr", secret=SECRET)
+    reader = ProgressReader(str(job.rv), "wr", secret=secret)
     progress = reader.read()
     assert progress is not None and progress.state == "committed"
     timeline = reader.timeline(progress)
@@ -159,10 +160,13 @@ def test_the_critical_path_is_worker_0s_setup_the_last_result_and_the_commit() -
 
 
 def test_report_of_a_running_job_shows_the_steps_so_far(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     repo, rv = tmp_path / "repo", tmp_path / "rv"
-    env = clean_env(**{SECRET_ENV: SECRET, "JOB_NAME": "half", "JOB_UID": "u2",
+    env = clean_env(**{SECRET_ENV: secret, "JOB_NAME": "half", "JOB_UID": "u2",
                        "WORKERS_TOTAL": "2", "JOB_COMPLETION_INDEX": "0"})  # fmt: skip
     worker = subprocess.run(
         [sys.executable, WORKER, "--repo", str(repo), "--rendezvous", str(rv)],
@@ -174,7 +178,7 @@ def test_report_of_a_running_job_shows_the_steps_so_far(
     with pytest.raises(ConfigurationError, match=f"set {SECRET_ENV}"):
         report(str(rv), "half", output=tmp_path / "no.png", out=io.StringIO())
 
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     out = io.StringIO()
     assert report(str(rv), "half", output=tmp_path / "half.png", out=out) == 0
     text = out.getvalue()

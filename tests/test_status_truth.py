@@ -32,7 +32,6 @@ from icechunk_coop.wire import Sealer, _payload
 from icechunk_coop.wire._records import SETUP, Setup, SetupHeader, result_name
 
 WORKER = str(Path(__file__).with_name("status_worker.py"))
-SECRET = "status-truth-secret-0123456789abcdef"
 RUNNING, FAILED, STOPPED = STATUS_EXIT["running"], STATUS_EXIT["failed"], STATUS_EXIT["stopped"]
 
 
@@ -47,6 +46,7 @@ def run_workers(
     total: int,
     indexes: Iterable[int],
     *,
+    secret: str,
     timeout: float = 60,
     extra_env: Mapping[int, Mapping[str, str]] | None = None,
 ) -> dict[int, tuple[int, str]]:
@@ -54,7 +54,7 @@ def run_workers(
     argv = [sys.executable, WORKER, "--repo", str(tmp / "repo"), "--rendezvous", str(tmp / "rv"),
             "--timeout", str(timeout)]  # fmt: skip
     procs = start_workers(
-        argv, total, job_name="truth", job_uid="u1", secret=SECRET, env=clean_env(),
+        argv, total, job_name="truth", job_uid="u1", secret=secret, env=clean_env(),
         indexes=indexes, extra_env=extra_env,
     )  # fmt: skip
     outcomes = {}
@@ -64,7 +64,7 @@ def run_workers(
     return outcomes
 
 
-def status_of(rv: Path, secret: str | None = SECRET) -> tuple[int, str]:
+def status_of(rv: Path, secret: str | None) -> tuple[int, str]:
     """``status --job`` as a script runs it: its exit code and what it printed."""
     env = clean_env(**({SECRET_ENV: secret} if secret else {}))
     proc = subprocess.run(
@@ -81,10 +81,11 @@ def rows(text: str) -> dict[int, list[str]]:
 
 def test_four_pods_of_an_eight_worker_job_exit_0_and_status_names_the_four_never_seen(
     tmp_path: Path,
+    secret: str,
 ) -> None:
-    ran = run_workers(tmp_path, 8, range(4))
+    ran = run_workers(tmp_path, 8, range(4), secret=secret)
     assert {i: code for i, (code, _) in ran.items()} == dict.fromkeys(range(4), 0), ran
-    code, text = status_of(tmp_path / "rv")
+    code, text = status_of(tmp_path / "rv", secret)
     assert code == RUNNING != 0, text
     assert "job truth-u1: running" in text
     # The total comes from the setup's header: the decision's class is not needed.
@@ -98,16 +99,16 @@ def test_four_pods_of_an_eight_worker_job_exit_0_and_status_names_the_four_never
     assert "the Job's completions may disagree with WORKERS_TOTAL (8)" in text
     assert "no worker has" not in text
 
-    progress = ProgressReader(str(tmp_path / "rv"), "truth", secret=SECRET).read()
+    progress = ProgressReader(str(tmp_path / "rv"), "truth", secret=secret).read()
     assert progress is not None
     assert (progress.state, progress.workers_total, progress.finished) == ("running", 8, False)
 
 
-def test_a_committed_job_is_the_only_one_status_exits_0_for(tmp_path: Path) -> None:
-    ran = run_workers(tmp_path, 2, range(2))
+def test_a_committed_job_is_the_only_one_status_exits_0_for(tmp_path: Path, secret: str) -> None:
+    ran = run_workers(tmp_path, 2, range(2), secret=secret)
     assert all(code == 0 for code, _ in ran.values()), ran
     assert '"status": "committed"' in ran[1][1]
-    code, text = status_of(tmp_path / "rv")
+    code, text = status_of(tmp_path / "rv", secret)
     assert code == 0, text
     assert "job truth-u1: committed" in text and "never seen" not in text
     out = io.StringIO()
@@ -115,21 +116,23 @@ def test_a_committed_job_is_the_only_one_status_exits_0_for(tmp_path: Path) -> N
     assert "truth-u1  committed  all" in out.getvalue()  # every worker's result was merged
 
 
-def test_a_worker_that_raised_makes_status_exit_failed_with_its_error(tmp_path: Path) -> None:
-    ran = run_workers(tmp_path, 2, [0], extra_env={0: {"STATUS_TEST_RAISE": "1"}})
+def test_a_worker_that_raised_makes_status_exit_failed_with_its_error(
+    tmp_path: Path, secret: str
+) -> None:
+    ran = run_workers(tmp_path, 2, [0], extra_env={0: {"STATUS_TEST_RAISE": "1"}}, secret=secret)
     assert ran[0][0] != 0
-    code, text = status_of(tmp_path / "rv")
+    code, text = status_of(tmp_path / "rv", secret)
     assert code == FAILED, text
     assert "job truth-u1: failed" in text
     assert rows(text)[0][1] == "failed" and "worker 0 found no source files" in text
     assert "never seen: 1 of 0..1" in text and "the committer, index 1" in text
 
 
-def test_workers_that_gave_up_waiting_make_status_exit_stopped(tmp_path: Path) -> None:
+def test_workers_that_gave_up_waiting_make_status_exit_stopped(tmp_path: Path, secret: str) -> None:
     # Worker 0 never runs: index 1 waits for the setup, gives up, and says so.
-    ran = run_workers(tmp_path, 3, [1], timeout=1)
+    ran = run_workers(tmp_path, 3, [1], timeout=1, secret=secret)
     assert ran[1][0] != 0 and "WaitTimeoutError" in ran[1][1], ran[1][1][-2000:]
-    code, text = status_of(tmp_path / "rv")
+    code, text = status_of(tmp_path / "rv", secret)
     assert code == STOPPED, text
     assert "job truth-u1: stopped" in text
     assert "stopped: worker 1 gave up waiting: what it waited for never came" in text
@@ -137,10 +140,12 @@ def test_workers_that_gave_up_waiting_make_status_exit_stopped(tmp_path: Path) -
     assert rows(text)[1][1] == "failed" and "inferred as 2" in text
 
 
-def publish_setup(rv: Path, *, total: int, deadline: float | None, job: str = "truth-u1") -> bytes:
+def publish_setup(
+    rv: Path, secret: str, *, total: int, deadline: float | None, job: str = "truth-u1"
+) -> bytes:
     """Seal a setup (no targets) as worker 0 would; its raw frame."""
     rendezvous = Rendezvous.for_job(
-        str(rv), job_id=job, sealer=Sealer(job_id=job, secret=SECRET.encode())
+        str(rv), job_id=job, sealer=Sealer(job_id=job, secret=secret.encode())
     )
     record = Setup(token="t", job=job, workers_total=total, targets={}, deadline=deadline)
     rendezvous.publish(SETUP, record.to_wire(), content="pickle")
@@ -150,11 +155,11 @@ def publish_setup(rv: Path, *, total: int, deadline: float | None, job: str = "t
 
 
 def test_a_job_whose_deadline_has_passed_is_stopped_and_says_when(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     rv = tmp_path / "rv"
-    publish_setup(rv, total=4, deadline=1000.0)  # 1970: long past, on any clock
+    publish_setup(rv, secret, total=4, deadline=1000.0)  # 1970: long past, on any clock
     assert main(["status", str(rv), "--job", "truth"]) == STOPPED
     text = capsys.readouterr().out
     assert "job truth-u1: stopped" in text
@@ -162,25 +167,25 @@ def test_a_job_whose_deadline_has_passed_is_stopped_and_says_when(
     assert "never seen: 1..3 of 0..3" in text  # worker 0 published the setup
     assert rows(text)[0][1:] == ["missing", "published", "the", "setup"]
 
-    publish_setup(tmp_path / "later", total=4, deadline=time.time() + 30 * 86400)
+    publish_setup(tmp_path / "later", secret, total=4, deadline=time.time() + 30 * 86400)
     assert main(["status", str(tmp_path / "later"), "--job", "truth"]) == RUNNING
     assert "deadline 20" in capsys.readouterr().out  # shown as a date
 
 
 def test_a_forged_setup_header_is_refused_not_believed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rv = tmp_path / "rv"
-    frame = publish_setup(rv, total=8, deadline=None)
+    frame = publish_setup(rv, secret, total=8, deadline=None)
     claim = b'"workers_total": 8'
     assert frame.count(claim) == 1  # in the header, in the clear: readable, not writable
     forged = frame.replace(claim, b'"workers_total": 4')
     with pytest.raises(PayloadAuthenticationError, match="does not verify"):
-        Sealer(job_id="truth-u1", secret=SECRET.encode()).open_header(
+        Sealer(job_id="truth-u1", secret=secret.encode()).open_header(
             forged, name=SETUP, location="here"
         )
     (rv / "truth-u1" / SETUP).write_bytes(forged)
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     assert main(["status", str(rv), "--job", "truth"]) == RUNNING
     text = capsys.readouterr().out
     assert "its header unreadable (sealed with another secret" in text
@@ -189,14 +194,14 @@ def test_a_forged_setup_header_is_refused_not_believed(
 
 
 def test_a_setup_that_cannot_be_read_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rv = tmp_path / "rv"
-    frame = publish_setup(rv, total=3, deadline=None)
-    monkeypatch.setenv(SECRET_ENV, "another-" + SECRET)
+    frame = publish_setup(rv, secret, total=3, deadline=None)
+    monkeypatch.setenv(SECRET_ENV, "another-" + secret)
     assert main(["status", str(rv), "--job", "truth"]) == RUNNING
     assert "header unreadable (sealed with another secret" in capsys.readouterr().out
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     (rv / "truth-u1" / SETUP).write_bytes(frame[:20])  # cut inside its header
     assert main(["status", str(rv), "--job", "truth"]) == RUNNING
     assert "header unreadable (refused: truncated inside its header)" in capsys.readouterr().out
@@ -215,12 +220,12 @@ class _Unimportable:
 
 
 def test_a_setup_sealed_before_headers_still_opens_or_says_why_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     for job, decision in (("old-u1", None), ("older-u1", _Unimportable())):
         rendezvous = Rendezvous.for_job(
-            str(tmp_path), job_id=job, sealer=Sealer(job_id=job, secret=SECRET.encode())
+            str(tmp_path), job_id=job, sealer=Sealer(job_id=job, secret=secret.encode())
         )
         wire = {"format": Setup.FORMAT, "token": "t", "job": job, "workers_total": 3,
                 "job_start": None, "targets": {}, "decision": decision}  # fmt: skip
@@ -234,11 +239,11 @@ def test_a_setup_sealed_before_headers_still_opens_or_says_why_not(
 
 
 def test_report_says_which_icechunk_version_sealed_what_it_cannot_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = "truth-u1"
     rendezvous = Rendezvous.for_job(
-        str(tmp_path), job_id=job, sealer=Sealer(job_id=job, secret=SECRET.encode())
+        str(tmp_path), job_id=job, sealer=Sealer(job_id=job, secret=secret.encode())
     )
     with monkeypatch.context() as patch:
         patch.setattr(_payload, "_icechunk_version", lambda: "0.0.1")
@@ -246,7 +251,7 @@ def test_report_says_which_icechunk_version_sealed_what_it_cannot_open(
         rendezvous.publish(SETUP, record.to_wire(), content="pickle")
         rendezvous.publish(result_name(0), {"format": "whatever"}, content="pickle")
     assert _payload._icechunk_version() == version("icechunk")
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(SECRET_ENV, secret)
     with pytest.raises(ConfigurationError) as refused:
         report(str(tmp_path), "truth", output=tmp_path / "no.png", out=io.StringIO())
     message = str(refused.value)
@@ -257,8 +262,8 @@ def test_report_says_which_icechunk_version_sealed_what_it_cannot_open(
     assert f"by icechunk 0.0.1 (this tool runs {version('icechunk')})" in text
 
 
-def test_the_setup_header_round_trips_and_an_unknown_format_is_refused() -> None:
-    sealer = Sealer(job_id="j-u", secret=SECRET.encode())
+def test_the_setup_header_round_trips_and_an_unknown_format_is_refused(secret: str) -> None:
+    sealer = Sealer(job_id="j-u", secret=secret.encode())
     record = Setup(token="t", job="j-u", workers_total=5, targets={}, job_start="2025-01-01")
     frame = sealer.seal(record.to_wire(), name=SETUP, content="pickle")
     header = SetupHeader.from_frame(sealer.open_header(frame, name=SETUP, location="x"), "x")

@@ -21,7 +21,6 @@ from icechunk_coop import icechunk_storage
 from icechunk_coop.testing import LocalS3, job_commits, start_workers
 
 WORKER = str(Path(__file__).with_name("coop_worker.py"))
-SECRET = "zarr-primary-secret-0123456789ab"
 ROWS = 16  # coop_worker's rows per job
 
 
@@ -63,7 +62,9 @@ class ZarrReader:
         self._thread.join(30)
 
 
-def run_job(env: dict[str, str], bucket: str, total: int) -> tuple[str, dict[int, str]]:
+def run_job(
+    env: dict[str, str], bucket: str, total: int, secret: str
+) -> tuple[str, dict[int, str]]:
     name, uid = f"zp-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:8]
     argv = [
         sys.executable, WORKER, "--zarr-primary",
@@ -72,7 +73,7 @@ def run_job(env: dict[str, str], bucket: str, total: int) -> tuple[str, dict[int
         "--rendezvous", f"s3://{bucket}/rendezvous",
         "--timeout", "90",
     ]  # fmt: skip
-    procs = start_workers(argv, total, job_name=name, job_uid=uid, secret=SECRET, env=env)
+    procs = start_workers(argv, total, job_name=name, job_uid=uid, secret=secret, env=env)
     outs = {}
     for index, proc in procs.items():
         out, _ = proc.communicate(timeout=180)
@@ -83,13 +84,13 @@ def run_job(env: dict[str, str], bucket: str, total: int) -> tuple[str, dict[int
 
 @pytest.mark.slow
 def test_a_zarr_primary_gets_its_metadata_last_from_real_processes(
-    base_env: dict[str, str], s3_bucket: str, s3_env: LocalS3
+    base_env: dict[str, str], s3_bucket: str, s3_env: LocalS3, secret: str
 ) -> None:
     options = {"endpoint_url": s3_env.endpoint_url, "skip_instance_cache": True}
     url = f"s3://{s3_bucket}/plain.zarr"
-    first, _ = run_job(base_env, s3_bucket, 1)  # creates the dataset: 16 rows
+    first, _ = run_job(base_env, s3_bucket, 1, secret)  # creates the dataset: 16 rows
     with ZarrReader(url, options) as reader:
-        job_id, outs = run_job(base_env, s3_bucket, 3)  # appends 16 more
+        job_id, outs = run_job(base_env, s3_bucket, 3, secret)  # appends 16 more
         reader._stop.wait(0.5)
     assert '"status": "committed"' in outs[2]
     root = zarr.open_group(url, mode="r", storage_options=options)

@@ -212,6 +212,7 @@ def collect_and_merge(
         _check_result(ctx, setup, index_of[name], result)
         refuse_overlap(result)
         _fold(merges, result)
+        log.debug("%s: merged %s as it arrived", ctx.where, name)
 
     try:
         found = ctx.meeting.wait_for_all(names, Result, on_arrival=arrived)

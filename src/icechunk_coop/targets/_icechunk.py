@@ -45,9 +45,6 @@ __all__ = ["IcechunkDriver"]
 
 log = logging.getLogger(__name__)
 
-#: How long worker 0 waits for another creator (a twin) to finish a repository.
-CREATOR_GRACE = 20.0
-
 _MISSING_BUCKET = ("nosuchbucket", "bucket does not exist", "specified bucket")
 
 
@@ -317,7 +314,7 @@ class IcechunkDriver:
         error lists them and says so.
         """
         storage = self.target.storage
-        deadline = time.monotonic() + CREATOR_GRACE
+        deadline = time.monotonic() + self.target.creator_grace
         while time.monotonic() < deadline:
             if icechunk.Repository.exists(storage):
                 return self._open(create=False)

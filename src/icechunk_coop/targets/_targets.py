@@ -63,6 +63,10 @@ class IcechunkTarget:
     #: stops the job in its setup (every worker with it) instead of starting
     #: an empty dataset somewhere else.
     create: bool = True
+    #: Seconds worker 0 waits, finding a repository half created, for the
+    #: creator to finish it (a twin of worker 0 may be creating it right
+    #: now) before it refuses the leftovers, naming them.
+    creator_grace: float = attrs.field(default=20.0, validator=attrs.validators.ge(0), repr=False)
 
     @classmethod
     def from_url(cls, url: str, *, name: str = "primary", branch: str = "main") -> IcechunkTarget:
