@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import ClassVar
 
 import attrs
 
-from icechunk_coop.errors import PayloadFormatError
-from icechunk_coop.wire._records import Content, Record, check_format, field, timeline_from_wire
+from icechunk_coop.wire._codec import OPTIONAL, Timelines
+from icechunk_coop.wire._records import Content, Record
 
 __all__ = ["Committed", "Failure", "ZarrCommitted"]
-
-
-def _timelines(wire: object, location: str) -> dict[int, dict[str, tuple[float, float]]]:
-    if not isinstance(wire, Mapping) or not all(str(k).isdigit() for k in wire):
-        raise PayloadFormatError(location=location, reason="timeline must map worker indexes")
-    return {int(k): timeline_from_wire(v, location) for k, v in wire.items()}
 
 
 def _iso(value: datetime | str | None) -> str | None:
@@ -50,38 +44,9 @@ class Committed(Record):
     at: float
     workers_total: int | None = None
     #: Worker index -> step -> (began, ended): where the job's time went.
-    timeline: Mapping[int, Mapping[str, tuple[float, float]]] = attrs.field(factory=dict)
-    job_start: str | None = attrs.field(default=None, converter=_iso)
-    pod: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "format": self.FORMAT,
-            "snapshots": dict(self.snapshots),
-            "at": self.at,
-            "workers_total": self.workers_total,
-            "timeline": {
-                str(i): {k: list(v) for k, v in steps.items()} for i, steps in self.timeline.items()
-            },
-        }
-        for key in ("job_start", "pod"):
-            value = getattr(self, key)
-            if value is not None:
-                wire[key] = value
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: object, location: str) -> Self:
-        w = check_format(wire, cls.FORMAT, location)
-        snapshots = field(w, "snapshots", dict, location)
-        return cls(
-            snapshots={str(k): str(v) for k, v in snapshots.items()},
-            at=float(field(w, "at", (int, float), location)),
-            workers_total=field(w, "workers_total", (int, type(None)), location),
-            timeline=_timelines(w.get("timeline", {}), location),
-            job_start=field(w, "job_start", (str, type(None)), location),
-            pod=field(w, "pod", (str, type(None)), location),
-        )
+    timeline: Timelines = attrs.field(factory=dict)
+    job_start: str | None = attrs.field(default=None, converter=_iso, metadata=OPTIONAL)
+    pod: str | None = attrs.field(default=None, metadata=OPTIONAL)
 
 
 @attrs.frozen(kw_only=True)
@@ -93,15 +58,6 @@ class ZarrCommitted(Record):
 
     target: str
     keys: tuple[str, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "target": self.target, "keys": list(self.keys)}
-
-    @classmethod
-    def from_wire(cls, wire: object, location: str) -> Self:
-        w = check_format(wire, cls.FORMAT, location)
-        keys = field(w, "keys", list, location)
-        return cls(target=field(w, "target", str, location), keys=tuple(map(str, keys)))
 
 
 @attrs.frozen(kw_only=True)
@@ -123,33 +79,6 @@ class Failure(Record):
     summary: str
     at: float
     worker: int | None = None
-    attempt: int | None = None
-    restart: int | None = None
-    pod: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "format": self.FORMAT,
-            "name": self.name,
-            "summary": self.summary,
-            "at": self.at,
-            "worker": self.worker,
-        }
-        for key in ("attempt", "restart", "pod"):
-            value = getattr(self, key)
-            if value is not None:
-                wire[key] = value
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: object, location: str) -> Self:
-        w = check_format(wire, cls.FORMAT, location)
-        return cls(
-            name=field(w, "name", str, location),
-            summary=field(w, "summary", str, location),
-            at=float(field(w, "at", (int, float), location)),
-            worker=field(w, "worker", (int, type(None)), location),
-            attempt=field(w, "attempt", (int, type(None)), location),
-            restart=field(w, "restart", (int, type(None)), location),
-            pod=field(w, "pod", (str, type(None)), location),
-        )
+    attempt: int | None = attrs.field(default=None, metadata=OPTIONAL)
+    restart: int | None = attrs.field(default=None, metadata=OPTIONAL)
+    pod: str | None = attrs.field(default=None, metadata=OPTIONAL)
