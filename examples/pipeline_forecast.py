@@ -425,7 +425,7 @@ class PipelineForecast:
         and pinned for every worker: a callable.
         """
         start = (lambda: clock) if clock else None
-        job = self.cooperative_job(rendezvous_url, create=False, job_start=start)
+        job = self.cooperative_job(rendezvous_url, create=False, decide_start=start)
 
         def jobs(job: CooperativeJob) -> list[ForecastRegionJob]:
             # On worker 0, in the job's setup: a refusal here stops every worker.

@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = dataset.update(
                 rendezvous_url=args.rendezvous,
                 identity=identity,
-                job_start=(lambda: clock) if clock else None,
+                decide_start=(lambda: clock) if clock else None,
                 **options,
             )
     except CoopError as exc:

@@ -232,7 +232,7 @@ class JobFactory(Protocol):
         environ: Mapping[str, str] | None = None,
         policy: WaitPolicy | None = None,
         cleanup: bool = True,
-        job_start: Callable[[], datetime] | None = None,
+        decide_start: Callable[[], datetime] | None = None,
     ) -> CooperativeJob: ...
 
 
@@ -257,7 +257,7 @@ def make_job(tmp_path: Path, secret: str) -> JobFactory:
         environ: Mapping[str, str] | None = None,
         policy: WaitPolicy | None = None,
         cleanup: bool = True,
-        job_start: Callable[[], datetime] | None = None,
+        decide_start: Callable[[], datetime] | None = None,
     ) -> CooperativeJob:
         base = tmp_path if root is None else root
         if isinstance(worker, WorkerIdentity):
@@ -279,7 +279,7 @@ def make_job(tmp_path: Path, secret: str) -> JobFactory:
             environ=env,
             policy=policy,
             cleanup=cleanup,
-            job_start=job_start,
+            decide_start=decide_start,
         )
 
     return make

@@ -85,7 +85,7 @@ def test_a_job_that_changes_nothing_commits_no_snapshot(tmp_path: Path) -> None:
     assert job_commits(repo(tmp_path), "cp-u") == []
     # Late pods find the job done: the marker is out, as for any committed job.
     late = make(tmp_path, 0)
-    assert late.is_committed()
+    assert late.committed_snapshot() == (True, None)  # committed, with no snapshot
     assert late.run(work=lambda stores: None, message="cp").status == "already-committed"
     assert late.meeting.arrived() == {COMMITTED}
     assert repo(tmp_path).list_branches() == {"main"}

@@ -142,6 +142,7 @@ def test_the_steps_one_by_one_commit_once(tmp_path: Path) -> None:
     assert root.attrs["results"] == [0, 1, 2]
     assert repo.list_branches() == {"main"}
     assert last.is_committed()
+    assert last.committed_snapshot() == (True, snapshots["primary"])  # from the marker
 
 
 def test_a_solo_job_commits_once_and_a_rerun_is_a_no_op(tmp_path: Path) -> None:
@@ -304,7 +305,7 @@ def test_worker_0_decides_the_start_and_every_worker_takes_it_from_the_setup(
                 name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
             ),
             environ={"ICECHUNK_COOP_SECRET": SECRET},
-            job_start=decide,
+            decide_start=decide,
         )
 
     def run(job: CooperativeJob) -> WorkerOutcome:

@@ -56,7 +56,7 @@ def make(make_job: JobFactory) -> Make:
             job_start=start,
             pod=f"nightly-{index}-abcde",
         )
-        return make_job(identity, job_start=lambda: decided)
+        return make_job(identity, decide_start=lambda: decided)
 
     return make
 

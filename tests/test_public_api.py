@@ -5,12 +5,19 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import icechunk_coop
 import icechunk_coop.errors
 import icechunk_coop.inspect
+from icechunk_coop import SECRET_ENV, ConfigurationError, CooperativeJob, WorkerIdentity
+
+if TYPE_CHECKING:
+    from conftest import JobFactory
 
 
 def test_the_top_level_is_small_and_every_name_resolves() -> None:
@@ -63,3 +70,20 @@ def test_importing_the_package_imports_no_storage_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_old_keyword_for_deciding_the_start_warns_and_decides(
+    make_job: JobFactory, tmp_path: Path, secret: str
+) -> None:
+    """``create(job_start=...)`` is ``decide_start=...`` for one release, with a warning."""
+    decided = datetime(2031, 5, 6, tzinfo=UTC)
+    primary = make_job().primary
+    options = {"rendezvous_url": str(tmp_path / "rv"), "primary": primary,
+               "identity": WorkerIdentity(worker_index=0, workers_total=1, job_name="old"),
+               "environ": {SECRET_ENV: secret}}  # fmt: skip
+    with pytest.warns(DeprecationWarning, match="decide_start"):
+        job = CooperativeJob.create(**options, job_start=lambda: decided)  # type: ignore[arg-type]
+    job.run(work=lambda stores: None, message="m")
+    assert job.job_start == decided
+    with pytest.raises(ConfigurationError, match="decide_start and job_start"):
+        CooperativeJob.create(**options, job_start=lambda: decided, decide_start=lambda: decided)  # type: ignore[arg-type]

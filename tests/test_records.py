@@ -35,7 +35,7 @@ def refused(kind: type[Record], wire: Any, *words: str) -> None:
 
 def test_every_record_reads_back_what_it_wrote() -> None:
     committed = Committed(snapshots={"primary": "S"}, at=1.5, workers_total=2,
-                          timeline={0: {"work": (1.0, 2.0)}}, job_start="2026-01-01T00:00:00")  # fmt: skip
+                          timeline={0: {"work": (1.0, 2.0)}}, job_start="2026-01-01")  # fmt: skip
     failure = Failure(name="result-1", summary="OSError", at=2.0, worker=1, attempt=0)
     for record in (SETUP, RESULT, Plan(token="t", results=(RESULT,)), committed, failure):
         assert type(record).from_wire(record.to_wire(), "x") == record

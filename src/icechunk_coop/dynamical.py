@@ -91,7 +91,8 @@ class JobOptions(TypedDict, total=False):
     policy: WaitPolicy | None
     storage_options: Mapping[str, Any] | None
     environ: Mapping[str, str] | None
-    job_start: Callable[[], datetime] | None
+    decide_start: Callable[[], datetime] | None
+    job_start: Callable[[], datetime] | None  # deprecated: decide_start
     commit_attempts: int
 
 
@@ -141,7 +142,7 @@ class DynamicalDataset(abc.ABC):
 
         ``storage_options`` go to the rendezvous filesystem (s3fs, gcsfs);
         ``environ`` replaces ``os.environ`` for identity and secret;
-        ``job_start`` decides the start when the environment gives none.
+        ``decide_start`` decides the start when the environment gives none.
         """
         return CooperativeJob.create(primary=self.primary(), replicas=self.replicas(), **options)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -178,6 +179,7 @@ class CooperativeJob:
         environ: Mapping[str, str] | None = None,
         cleanup: bool = True,
         commit_attempts: int = 3,
+        decide_start: Callable[[], datetime] | None = None,
         job_start: Callable[[], datetime] | None = None,
     ) -> CooperativeJob:
         """This worker's job: identity and secret from the environment unless given.
@@ -188,11 +190,25 @@ class CooperativeJob:
         rendezvous are on this machine: an unsealed session would expose its
         storage configuration, and anyone who can write could plant a pickle.
 
-        ``job_start`` decides the job's start when the environment gives none
-        (no ``JOB_START``, a Job made by hand from a CronJob): worker 0 calls it
-        once (default: its clock, in UTC) and pins the answer in the setup, and
-        every other worker takes it from there. See :attr:`job_start`.
+        ``decide_start`` decides the job's start when the environment gives
+        none (no ``JOB_START``, a Job made by hand from a CronJob): worker 0
+        calls it once (default: its clock, in UTC) and pins the answer in the
+        setup, and every other worker takes it from there. The start itself
+        is :attr:`job_start`. (``job_start=`` is the old name of
+        ``decide_start``: it still works, with a ``DeprecationWarning``.)
         """
+        if job_start is not None:
+            if decide_start is not None:
+                raise ConfigurationError(
+                    "CooperativeJob.create got decide_start and job_start: pass decide_start only"
+                )
+            warnings.warn(
+                "CooperativeJob.create(job_start=...) is now decide_start=...: job_start names "
+                "the start itself (CooperativeJob.job_start); the old keyword goes in 0.3",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            decide_start = job_start
         env = os.environ if environ is None else environ
         identity = identity or WorkerIdentity.from_env(env)
         meeting = meeting_for(
@@ -210,7 +226,7 @@ class CooperativeJob:
             replicas=tuple(replicas),
             cleanup=cleanup,
             commit_attempts=commit_attempts,
-            decide_start=job_start,
+            decide_start=decide_start,
         )
 
     @property
@@ -243,21 +259,24 @@ class CooperativeJob:
         return self.identity.job_id
 
     def committed_snapshot(self) -> tuple[bool, str | None]:
-        """Whether the primary holds this job, and its snapshot when found there.
+        """Whether this job is committed, and the primary's snapshot holding it.
 
-        The ``committed`` marker answers first; without it the primary's history
-        is searched down to the job's base (from the setup, when it is still there).
+        Two answers, because a job that changed nothing is committed with no
+        snapshot (``(True, None)``). The ``committed`` marker answers first;
+        without it the primary's history is searched down to the job's base
+        (from the setup, when it is still there).
         """
         ctx = self._ctx
-        if ctx.meeting.read(COMMITTED, Committed) is not None:
-            return True, None
+        marker = ctx.meeting.read(COMMITTED, Committed)
+        if marker is not None:
+            return True, marker.snapshots.get(ctx.primary.name)
         setup = ctx.meeting.read(SETUP, Setup)
         base = setup.targets[ctx.primary.name].base if setup else None
         found = ctx.primary.find_commit(base)
         return found is not None, found
 
     def is_committed(self) -> bool:
-        """True when this job's commit is already on the primary (a late retry)."""
+        """True when this job is committed already (a late retry): ``committed_snapshot()[0]``."""
         return self.committed_snapshot()[0]
 
     def run(
