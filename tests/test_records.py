@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from icechunk_coop.errors import PayloadFormatError
@@ -94,3 +95,19 @@ def test_setup_claims_of_no_workers_are_refused() -> None:
     good = FrameHeader(job="j-u", name="setup", content="pickle", icechunk="2.3.0",
                        public=SetupHeader.claims_of(SETUP))  # fmt: skip
     assert SetupHeader.from_frame(good, "x") == SetupHeader(workers_total=2, icechunk="2.3.0")
+
+
+@attrs.frozen
+class _Theirs:
+    """A user's own attrs class: a decision or a value holds it as it is."""
+
+    name: str
+
+
+def test_the_users_own_objects_travel_whole() -> None:
+    setup = attrs.evolve(SETUP, decision=[_Theirs(name="job-1")])
+    result = attrs.evolve(RESULT, value={"jobs": (_Theirs(name="job-1"),)})
+    assert setup.to_wire()["decision"] == [_Theirs(name="job-1")]
+    assert result.to_wire()["value"] == {"jobs": (_Theirs(name="job-1"),)}
+    assert Setup.from_wire(setup.to_wire(), "x") == setup
+    assert Result.from_wire(result.to_wire(), "x") == result

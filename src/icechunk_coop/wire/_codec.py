@@ -59,6 +59,10 @@ def _strict(
     return hook
 
 
+# A field typed ``Any`` (worker 0's decision, a worker's value) is the user's own
+# object: it travels as it is, never taken apart (the frame pickles it whole).
+_converter.register_unstructure_hook_func(lambda t: t is Any, lambda value: value)
+_converter.register_structure_hook_func(lambda t: t is Any, lambda value, _: value)
 _converter.register_structure_hook(str, _strict(str, "str"))
 _converter.register_structure_hook(int, _strict(int, "int"))
 _converter.register_structure_hook(float, _strict((int, float), "float", float))
