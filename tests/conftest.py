@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 import icechunk
 import pytest
@@ -203,7 +202,12 @@ def secret() -> str:
     return _SECRET
 
 
-class JobFactory(Protocol):
+def _local(path: Path, name: str) -> IcechunkTarget:
+    return IcechunkTarget(name=name, storage=icechunk.local_filesystem_storage(str(path)))
+
+
+@dataclass(frozen=True)
+class JobFactory:
     """``make_job``: one worker's job, sealed with the ``secret`` fixture.
 
     ``worker`` is an index (of ``total``, job ``name``-``uid``) or a whole
@@ -216,6 +220,8 @@ class JobFactory(Protocol):
     secret (never ``os.environ``); ``secret=None`` leaves the secret out. The
     other keywords go to ``CooperativeJob.create`` as they are.
     """
+
+    tmp_path: Path
 
     def __call__(
         self,
@@ -233,33 +239,8 @@ class JobFactory(Protocol):
         policy: WaitPolicy | None = None,
         cleanup: bool = True,
         decide_start: Callable[[], datetime] | None = None,
-    ) -> CooperativeJob: ...
-
-
-@pytest.fixture
-def make_job(tmp_path: Path, secret: str) -> JobFactory:
-    """A factory of ``CooperativeJob``s: see :class:`JobFactory`."""
-
-    def local(path: Path, name: str) -> IcechunkTarget:
-        return IcechunkTarget(name=name, storage=icechunk.local_filesystem_storage(str(path)))
-
-    def make(
-        worker: int | WorkerIdentity = 0,
-        total: int = 2,
-        *,
-        name: str = "test",
-        uid: str | None = "u",
-        root: Path | None = None,
-        rendezvous: str | Path | None = None,
-        primary: Target | icechunk.Storage | None = None,
-        replicas: Sequence[Target | str] = (),
-        secret: str | None = secret,
-        environ: Mapping[str, str] | None = None,
-        policy: WaitPolicy | None = None,
-        cleanup: bool = True,
-        decide_start: Callable[[], datetime] | None = None,
     ) -> CooperativeJob:
-        base = tmp_path if root is None else root
+        base = self.tmp_path if root is None else root
         if isinstance(worker, WorkerIdentity):
             identity = worker
         else:
@@ -267,7 +248,7 @@ def make_job(tmp_path: Path, secret: str) -> JobFactory:
                 worker_index=worker, workers_total=total, job_name=name, job_uid=uid
             )
         if primary is None:
-            primary = local(base / "repo", "primary")
+            primary = _local(base / "repo", "primary")
         elif isinstance(primary, icechunk.Storage):
             primary = IcechunkTarget(name="primary", storage=primary)
         env = {**({SECRET_ENV: secret} if secret is not None else {}), **(environ or {})}
@@ -275,11 +256,15 @@ def make_job(tmp_path: Path, secret: str) -> JobFactory:
             identity=identity,
             rendezvous_url=str(base / "rv" if rendezvous is None else rendezvous),
             primary=primary,
-            replicas=[local(base / r, r) if isinstance(r, str) else r for r in replicas],
+            replicas=[_local(base / r, r) if isinstance(r, str) else r for r in replicas],
             environ=env,
             policy=policy,
             cleanup=cleanup,
             decide_start=decide_start,
         )
 
-    return make
+
+@pytest.fixture
+def make_job(tmp_path: Path) -> JobFactory:
+    """A factory of ``CooperativeJob``s under ``tmp_path``: see :class:`JobFactory`."""
+    return JobFactory(tmp_path=tmp_path)

@@ -16,11 +16,10 @@ import icechunk
 import pytest
 import zarr
 
+from conftest import JobFactory
 from icechunk_coop import (
     CooperativeJob,
-    IcechunkTarget,
     Stores,
-    WorkerIdentity,
     WorkerOutcome,
     commit_merged,
     get_forked_session,
@@ -30,21 +29,13 @@ from icechunk_coop.errors import BranchKeptMovingError
 from icechunk_coop.testing import at_crash_point, job_commits
 from icechunk_coop.wire._records import COMMITTED
 
-SECRET = "s" * 64
-
 
 def storage(tmp_path: Path) -> icechunk.Storage:
     return icechunk.local_filesystem_storage(str(tmp_path / "repo"))
 
 
 def make(tmp_path: Path, index: int, total: int = 2) -> CooperativeJob:
-    identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="cp", job_uid="u")
-    return CooperativeJob.create(
-        identity=identity,
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=IcechunkTarget(name="primary", storage=storage(tmp_path)),
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-    )
+    return JobFactory(tmp_path)(index, total, name="cp")
 
 
 def repo(tmp_path: Path) -> icechunk.Repository:

@@ -10,6 +10,7 @@ import icechunk
 import pytest
 import zarr
 
+from conftest import JobFactory
 from icechunk_coop import (
     ConfigurationError,
     CooperativeJob,
@@ -35,19 +36,9 @@ from icechunk_coop.testing import job_commits, run_in_process
 from icechunk_coop.wire._markers import Committed
 from icechunk_coop.wire._records import COMMITTED, FAILED_SUFFIX, PLAN, SETUP, Result, result_name
 
-SECRET = "unit-secret-0123456789abcdef0123"
-
 
 def make_job(tmp_path: Path, index: int, total: int = 2) -> CooperativeJob:
-    identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="unit", job_uid="u")
-    return CooperativeJob.create(
-        identity=identity,
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=IcechunkTarget(
-            name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-        ),
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-    )
+    return JobFactory(tmp_path)(index, total, name="unit")
 
 
 def store_only(store: zarr.abc.store.Store) -> Stores:
@@ -254,13 +245,7 @@ def test_a_plain_zarr_primary_commits_once_with_an_icechunk_replica(tmp_path: Pa
     primary = ZarrTarget(name="primary", url=str(tmp_path / "plain.zarr"))
 
     def make(identity: WorkerIdentity) -> CooperativeJob:
-        return CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=str(tmp_path / "rv"),
-            primary=primary,
-            replicas=[replica],
-            environ={"ICECHUNK_COOP_SECRET": SECRET},
-        )
+        return JobFactory(tmp_path)(identity, primary=primary, replicas=[replica])
 
     def prepare_all(stores: Stores) -> None:
         for store in stores.all:
@@ -298,15 +283,7 @@ def test_worker_0_decides_the_start_and_every_worker_takes_it_from_the_setup(
             asked.append(identity.worker_index)
             return decided
 
-        return CooperativeJob.create(
-            identity=identity,
-            rendezvous_url=str(tmp_path / "rv"),
-            primary=IcechunkTarget(
-                name="primary", storage=icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-            ),
-            environ={"ICECHUNK_COOP_SECRET": SECRET},
-            decide_start=decide,
-        )
+        return JobFactory(tmp_path)(identity, decide_start=decide)
 
     def run(job: CooperativeJob) -> WorkerOutcome:
         def work(stores: Stores) -> None:
@@ -333,12 +310,7 @@ def test_a_worker_whose_start_disagrees_with_the_setup_is_refused(tmp_path: Path
         job_uid="u",
         job_start=datetime(2030, 1, 1, tzinfo=UTC),
     )
-    job = CooperativeJob.create(
-        identity=other,
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=make_job(tmp_path, 1, 3).primary,
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-    )
+    job = JobFactory(tmp_path)(other)
     with pytest.raises(ConfigurationError, match="the setup pinned"):
         job.run(work=lambda stores: None, message="m")
 

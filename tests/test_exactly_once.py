@@ -19,12 +19,11 @@ import icechunk
 import pytest
 import zarr
 
+from conftest import JobFactory
 from icechunk_coop import (
     CooperativeJob,
-    IcechunkTarget,
     Stores,
     WaitPolicy,
-    WorkerIdentity,
     WorkerOutcome,
 )
 from icechunk_coop.errors import CommitConflictError
@@ -34,8 +33,6 @@ from icechunk_coop.testing import Killed, at_crash_point
 from icechunk_coop.testing import job_commits as commits_of
 from icechunk_coop.wire._markers import Committed
 from icechunk_coop.wire._records import COMMITTED, PLAN
-
-SECRET = "exactly-once-secret-0123456789ab"
 
 
 def storage(tmp_path: Path, name: str) -> icechunk.Storage:
@@ -51,16 +48,8 @@ def make(
     cleanup: bool = True,
     scan: int = 500,
 ) -> CooperativeJob:
-    identity = WorkerIdentity(worker_index=index, workers_total=total, job_name="eo", job_uid="u")
-    replicas = [IcechunkTarget(name="replica", storage=storage(tmp_path, "replica"))]
-    job = CooperativeJob.create(
-        identity=identity,
-        rendezvous_url=str(tmp_path / "rv"),
-        primary=IcechunkTarget(name="primary", storage=storage(tmp_path, "repo")),
-        replicas=replicas if replica else (),
-        environ={"ICECHUNK_COOP_SECRET": SECRET},
-        cleanup=cleanup,
-    )
+    replicas = ["replica"] if replica else []
+    job = JobFactory(tmp_path)(index, total, name="eo", replicas=replicas, cleanup=cleanup)
     return attrs.evolve(job, ancestry_scan=scan)
 
 
