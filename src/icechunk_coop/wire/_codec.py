@@ -14,10 +14,11 @@ class, field by field, with two rules of ours on top:
   is left out at its default, so a record gains it without a new format
   version; every other key is written as earlier releases wrote it.
 
-Icechunk's sessions travel as they are (the frame pickles them); the codec
-only checks that they are sessions. It imports icechunk only when a record
-holding one is encoded or decoded, so naming and reading the JSON markers
-(``status``) stays light.
+Icechunk's sessions and the user's own objects (fields typed ``Any``: worker
+0's decision, a worker's value) travel as they are, for the frame to pickle;
+the codec only checks that sessions are sessions. It imports icechunk only
+when a record holding one is encoded or decoded, so naming and reading the
+JSON markers (``status``) stays light.
 """
 
 from __future__ import annotations
