@@ -23,6 +23,7 @@ JSON markers (``status``) stays light.
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing
 from collections.abc import Callable, Mapping
@@ -115,17 +116,22 @@ def _resolved(cls: type) -> None:
             _resolve(cls)
 
 
+@functools.cache
+def _icechunk() -> dict[str, Any]:
+    """icechunk, imported and its sessions' hooks registered, the first time a record names it."""
+    import icechunk
+
+    session = icechunk.ForkSession
+    _converter.register_structure_hook(session, _strict(session, "an Icechunk fork session"))
+    _converter.register_unstructure_hook(session, lambda fork: fork)
+    return {"icechunk": icechunk}
+
+
 def _resolve(cls: type) -> None:
     try:
         attrs.resolve_types(cls)
-    except NameError:
-        import icechunk  # only records that hold sessions name it
-
-        _converter.register_structure_hook(
-            icechunk.ForkSession, _strict(icechunk.ForkSession, "an Icechunk fork session")
-        )
-        _converter.register_unstructure_hook(icechunk.ForkSession, lambda fork: fork)
-        attrs.resolve_types(cls, localns={"icechunk": icechunk})
+    except NameError:  # only records that hold sessions name icechunk
+        attrs.resolve_types(cls, localns=_icechunk())
     for f in attrs.fields(cls):
         for member in _members(f.type):
             _resolved(member)
@@ -197,12 +203,6 @@ def decode[T](wire: object, cls: type[T], location: str) -> T:
     ones too: every worker of a job runs the same release, and a blob of
     another format is refused before any of its fields is read.
     """
-    tag: str | None = getattr(cls, "FORMAT", None)
-    try:
-        if tag is not None:
-            _check_format(wire, tag)
-    except (TypeError, ValueError) as exc:
-        raise PayloadFormatError(location=location, reason=str(exc)) from exc
     _resolved(cls)
     try:
         return _converter.structure(wire, cls)
@@ -210,5 +210,5 @@ def decode[T](wire: object, cls: type[T], location: str) -> T:
         problems = "; ".join(cattrs.transform_error(exc, "record", _describe))
         reason = f"not a valid record: {problems}"
         raise PayloadFormatError(location=location, reason=reason) from exc
-    except (TypeError, ValueError, KeyError) as exc:
-        raise PayloadFormatError(location=location, reason=f"not a valid record: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # the record's own format tag (``_check_format``)
+        raise PayloadFormatError(location=location, reason=str(exc)) from exc
