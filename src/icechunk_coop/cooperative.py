@@ -6,8 +6,8 @@ path goes in the next release.
 
 import warnings
 
-from icechunk_coop.protocol._cooperative import *  # noqa: F403
-from icechunk_coop.protocol._cooperative import __all__  # noqa: F401
+from icechunk_coop.protocol import *  # noqa: F403
+from icechunk_coop.protocol import __all__  # noqa: F401
 
 warnings.warn(
     "icechunk_coop.cooperative moved to icechunk_coop.protocol; import its names from "

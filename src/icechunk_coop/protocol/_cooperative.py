@@ -37,7 +37,7 @@ import attrs
 
 from icechunk_coop.errors import ConfigurationError
 from icechunk_coop.identity._worker import WorkerIdentity
-from icechunk_coop.protocol import _crash, _finalize, _setup, _start, _work
+from icechunk_coop.protocol import _commit, _crash, _finalize, _setup, _start, _work
 from icechunk_coop.protocol._context import (
     Done,
     JobContext,
@@ -52,39 +52,16 @@ from icechunk_coop.protocol._work import Forks
 from icechunk_coop.rendezvous._meeting import MeetingPoint
 from icechunk_coop.rendezvous._waiting import WaitPolicy
 from icechunk_coop.targets import driver_for
-from icechunk_coop.targets._drivers import BranchMoved
 from icechunk_coop.targets._targets import Stores, Target
 from icechunk_coop.wire._ledger import DEFAULT_SCAN
 from icechunk_coop.wire._markers import Committed
 from icechunk_coop.wire._records import COMMITTED, SETUP, Setup, result_name
 
-__all__ = [
-    "CooperativeJob",
-    "Forks",
-    "Merged",
-    "WorkerOutcome",
-    "commit_merged",
-    "get_forked_session",
-    "get_merged_sessions",
-    "is_first_worker",
-    "is_last_worker",
-    "publish_result",
-    "result_name",
-]
+__all__ = ["CooperativeJob", "Forks", "Merged", "WorkerOutcome", "result_name"]
 
 log = logging.getLogger("icechunk_coop.protocol")
 
 Work = Callable[[Stores], Any]
-
-
-def is_first_worker(identity: WorkerIdentity) -> bool:
-    """Worker 0 prepares the job (structural changes, the fork everyone writes into)."""
-    return identity.is_first
-
-
-def is_last_worker(identity: WorkerIdentity) -> bool:
-    """The highest index merges and commits: with parallelism < completions it starts last."""
-    return identity.is_last
 
 
 @attrs.frozen(kw_only=True)
@@ -362,14 +339,14 @@ class CooperativeJob:
                 merged, pinned = pinned_merge, pinned_merge.plan
                 if finalize is not None:
                     finalize(merged.stores, merged.results)
-            snapshots = _finalize.commit(
+            snapshots = _commit.commit(
                 ctx, setup, pinned, message=message, finalize=finalize, merged=merged
             )
             if isinstance(snapshots, Done):
                 return snapshots
         timeline = {r.index: r.timeline for r in pinned}
         timeline[me.worker_index] = {**timeline.get(me.worker_index, {}), **clock.spans}
-        _finalize.after_commit(ctx, snapshots, timeline)
+        _commit.after_commit(ctx, snapshots, timeline)
         return self._outcome("committed", pinned[me.worker_index].value, clock, snapshots)
 
     def _outcome(
@@ -399,84 +376,10 @@ class CooperativeJob:
         if found is not None:
             # Found on the primary, not from the marker: its finalizer may have died
             # between the commit and the cleanup. Finish that (it is idempotent).
-            _finalize.after_commit(self._ctx, {self.primary.name: found})
+            _commit.after_commit(self._ctx, {self.primary.name: found})
         else:
             # The marker is out; its finalizer may have died before the cleanup.
-            _finalize.clean_up(self._ctx)
+            _commit.clean_up(self._ctx)
         return WorkerOutcome(
             job_id=self.job_id, worker_index=self.identity.worker_index, status="already-committed"
         )
-
-
-# ---- the steps one by one -----------------------------------------------------------
-
-
-def get_forked_session(job: CooperativeJob, prepare: Prepare | None = None) -> Forks:
-    """Worker 0 prepares and publishes the setup; the others wait and load it.
-
-    Returns this worker's own fork of every target (``forks.stores``).
-    Raises :class:`~icechunk_coop.errors.AlreadyCommittedError` if the job
-    is committed already: there is nothing left to write.
-    """
-    ctx = job._ctx
-    setup = _setup.setup(ctx, prepare)
-    if isinstance(setup, Done):
-        raise setup.error(ctx.job_id)
-    return _work.open_forks(ctx, setup)
-
-
-def publish_result(job: CooperativeJob, forks: Forks, value: Any = None) -> None:
-    """Publish this worker's forks and ``value`` (any picklable) for the last worker."""
-    _work.publish_result(job._ctx, _work.result_of(job._ctx, forks, value))
-
-
-def get_merged_sessions(job: CooperativeJob, forks: Forks, value: Any = None) -> Merged:
-    """On the last worker: publish its own result, wait for every other, pin and merge.
-
-    Nothing is committed yet: write final metadata into ``merged.stores``,
-    then call :func:`commit_merged`. Raises
-    :class:`~icechunk_coop.errors.AlreadyCommittedError` if a twin of this
-    worker committed the job meanwhile.
-    """
-    ctx = job._ctx
-    if not job.identity.is_last:
-        raise ConfigurationError(
-            f"{ctx.where}: only the last worker merges; call publish_result on the others"
-        )
-    publish_result(job, forks, value)
-    collected = _finalize.collect_and_merge(ctx, forks.setup)
-    if isinstance(collected, Done):
-        raise collected.error(ctx.job_id)
-    merged = _finalize.pin_and_merge(ctx, forks.setup, *collected)
-    if isinstance(merged, Done):
-        raise merged.error(ctx.job_id)
-    return merged
-
-
-def commit_merged(
-    job: CooperativeJob, merged: Merged, *, message: Message, finalize: Finalize | None = None
-) -> Mapping[str, str]:
-    """Commit a merge to every target (replicas first) and clean up; return the snapshots.
-
-    If a target moves under the commit, the merge is rebuilt; ``finalize``
-    (the same as you applied to ``merged``) is then run on the new merge.
-    Without it a retry would lose your final metadata, so none is made.
-    Raises :class:`~icechunk_coop.errors.AlreadyCommittedError` if every
-    target holds the job already (a twin committed it).
-    """
-    ctx = job._ctx
-    if finalize is None:
-        # What was written into ``merged`` cannot be written again: the first
-        # attempt is the only one, and a merge made for another stops it.
-        ctx = attrs.evolve(ctx, commit_attempts=1)
-
-        def finalize(stores: Stores, results: Sequence[Any]) -> None:
-            raise BranchMoved(ctx.primary.name)
-
-    snapshots = _finalize.commit(
-        ctx, merged.setup, merged.plan, message=message, finalize=finalize, merged=merged
-    )
-    if isinstance(snapshots, Done):
-        raise snapshots.error(ctx.job_id)
-    _finalize.after_commit(ctx, snapshots)
-    return snapshots
