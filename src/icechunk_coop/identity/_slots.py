@@ -71,6 +71,14 @@ def _total(env: Env, own: str, index_var: str) -> tuple[str, int]:
     return WORKERS_TOTAL, env.number(WORKERS_TOTAL, why, minimum=1)
 
 
+def _counted(env: Env, index_var: str, own_total: str) -> tuple[int, int]:
+    """Index and total from an orchestrator's pair of variables (or ``WORKERS_TOTAL``), checked."""
+    index = env.number(index_var, "")
+    total_var, total = _total(env, own_total, index_var)
+    _in_range(index_var, index, total_var, total, env)
+    return index, total
+
+
 def _agrees(env: Env, source: str, total: int) -> None:
     """WORKERS_TOTAL, when also set, must not contradict the orchestrator's count."""
     raw = env.get(WORKERS_TOTAL)
@@ -246,9 +254,7 @@ def _volcano(env: Env) -> Slot:
 
 def _aws_batch(env: Env) -> Slot:
     var = "AWS_BATCH_JOB_ARRAY_INDEX"
-    index = env.number(var, "")
-    total_var, total = _total(env, "AWS_BATCH_JOB_ARRAY_SIZE", var)
-    _in_range(var, index, total_var, total, env)
+    index, total = _counted(env, var, "AWS_BATCH_JOB_ARRAY_SIZE")
     name = None
     job_id = env.get("AWS_BATCH_JOB_ID")
     if job_id is not None:
@@ -268,9 +274,7 @@ def _aws_batch(env: Env) -> Slot:
 
 def _cloud_run(env: Env) -> Slot:
     var = "CLOUD_RUN_TASK_INDEX"
-    index = env.number(var, "")
-    total_var, total = _total(env, "CLOUD_RUN_TASK_COUNT", var)
-    _in_range(var, index, total_var, total, env)
+    index, total = _counted(env, var, "CLOUD_RUN_TASK_COUNT")
     return Slot(
         orchestrator="cloud-run",
         index=index,
@@ -284,9 +288,7 @@ def _cloud_run(env: Env) -> Slot:
 
 def _google_batch(env: Env) -> Slot:
     var = "BATCH_TASK_INDEX"
-    index = env.number(var, "")
-    total_var, total = _total(env, "BATCH_TASK_COUNT", var)
-    _in_range(var, index, total_var, total, env)
+    index, total = _counted(env, var, "BATCH_TASK_COUNT")
     return Slot(
         orchestrator="google-batch",
         index=index,
