@@ -14,6 +14,7 @@ import zarr
 
 from icechunk_coop import CooperativeJob, IcechunkTarget, Stores, icechunk_storage
 from icechunk_coop.errors import MissingLocationError, StorageUnreachableError, WorkerFailedError
+from icechunk_coop.rendezvous._blobs import BlobStore
 from icechunk_coop.testing import LocalS3, free_port, job_commits, run_in_process
 from icechunk_coop.wire import INSECURE_ENV
 
@@ -39,6 +40,25 @@ def test_a_rendezvous_in_a_missing_bucket_is_refused_by_every_worker(
             worker.run(work=lambda stores: None, message="m")
         assert not info.value.retryable
         assert "create the bucket" in str(info.value)
+
+
+def test_a_bucket_the_warm_up_reached_is_not_probed_again(s3_env: LocalS3, s3_bucket: str) -> None:
+    """The warm-up's request (a HEAD of the bucket on the job's own client) is the probe.
+
+    It runs while the job is built; its answer proves the bucket there, so the
+    start sends no probe of its own on a second client. A bucket it did not
+    reach is still probed and refused (the test above).
+    """
+    blobs = BlobStore(url=f"s3://{s3_bucket}/rv")
+    blobs.connect()
+    assert blobs.requests.counts["get"] == 1
+    blobs.check_reachable()
+    assert blobs.requests.counts["get"] == 1
+    missing = BlobStore(url="s3://no-such-bucket/rv")
+    with pytest.raises(FileNotFoundError):
+        missing.connect()
+    with pytest.raises(MissingLocationError, match="s3://no-such-bucket/rv"):
+        missing.check_reachable()
 
 
 def test_a_repository_in_a_missing_bucket_is_refused_and_stops_the_others(

@@ -39,6 +39,9 @@ from icechunk_coop.wire._records import (
 
 __all__ = ["Start", "Warming", "begin", "check_same_run", "clear_own_failures", "warm"]
 
+#: How long the start waits for the warm-up's request before probing the bucket itself.
+WARM_GRACE = 2.0
+
 
 @attrs.frozen(kw_only=True)
 class Start:
@@ -145,9 +148,11 @@ class Warming:
 def warm(ctx: JobContext) -> Warming:
     """Start building the job's clients in the background, ahead of :func:`begin`.
 
-    A botocore client costs 0.1-0.5 s of CPU to build and opening an
-    Icechunk repository two reads (its config and its refs): done while the
-    job is built, the worker's first batch of reads goes out at once, and
+    A botocore client costs 0.1-0.5 s of CPU to build and as much again on
+    its first request, and opening an Icechunk repository two reads (its
+    config and its refs): done while the job is built, the worker's first
+    batch of reads goes out at once on a client that has already answered
+    (which also proves the bucket reachable), and
     worker 0's setup (which every other worker waits on) starts with
     requests, not with building clients. Best effort: :func:`begin` raises
     whatever still fails.
@@ -178,7 +183,8 @@ def begin(ctx: JobContext, warming: Warming | None = None) -> Start:
     client in a thread. When the probe fails its error is raised at once:
     the reads fail for the same reason, only later and less clearly, and the
     thread (a daemon) is left to them. ``warming`` is :func:`warm`'s, if the
-    clients are already being built.
+    clients are already being built: when its request answered (within
+    :data:`WARM_GRACE`), the bucket is known to be there and no probe is sent.
     """
     if not ctx.meeting.stored:
         found, snapshot = _read(ctx)
@@ -207,6 +213,8 @@ def begin(ctx: JobContext, warming: Warming | None = None) -> Start:
         ]
         for thread in threads:
             thread.start()
+        if warming is not None:  # its request, when answered, proves the bucket reachable
+            warming.meeting.join(timeout=WARM_GRACE)
         ctx.meeting.check_reachable()
         for thread in threads:
             thread.join()

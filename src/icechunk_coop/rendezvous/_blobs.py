@@ -106,6 +106,9 @@ class BlobStore:
     _probes: list[fsspec.AbstractFileSystem] = attrs.field(factory=list, init=False, eq=False,
                                                            repr=False)  # fmt: skip
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, eq=False, repr=False)
+    #: Set once a request on the main client reached the bucket (see :meth:`connect`).
+    _reached: threading.Event = attrs.field(factory=threading.Event, init=False, eq=False,
+                                            repr=False)  # fmt: skip
 
     def __attrs_post_init__(self) -> None:
         options = dict(self.storage_options)
@@ -121,20 +124,27 @@ class BlobStore:
         object.__setattr__(self, "_root", root)
 
     def connect(self) -> None:
-        """Build the storage clients now (no request is sent), so the first read does not.
+        """Build the storage client and send it one request, so the job's first read does not.
 
-        Building a botocore client costs about 0.1-0.5 s of CPU; a job does it
-        while it is being built (``CooperativeJob``), not on its critical path.
+        Building a botocore client costs about 0.1-0.5 s of CPU, and its first
+        request as much again (aiohttp's TLS contexts, the operation's model);
+        a job does both while it is being built (``CooperativeJob``), not on
+        its critical path. The request is a HEAD of the bucket: when it
+        answers, the bucket is reachable and :meth:`check_reachable` has
+        nothing left to ask (a second client, the probe, is then never built).
         """
         if isinstance(self._fs, LocalFileSystem | MemoryFileSystem):
             return
         connect = getattr(self._fs, "connect", None)  # s3fs builds its client here
         if callable(connect):
             connect()
-        probe = self._probe()
-        connect = getattr(probe, "connect", None)
-        if callable(connect):
-            connect()
+        self.requests.add("get")
+        self._fs.info(self._bucket)
+        self._reached.set()
+
+    @property
+    def _bucket(self) -> str:
+        return self._root.split("/", 1)[0]
 
     def _path(self, name: str) -> str:
         return f"{self._root}/{check_name(name)}"
@@ -275,13 +285,12 @@ class BlobStore:
         ``FileNotFoundError`` in worker 0 while every other worker waits out
         its deadline for a setup that can never be written.
         """
-        if isinstance(self._fs, LocalFileSystem | MemoryFileSystem):
+        if isinstance(self._fs, LocalFileSystem | MemoryFileSystem) or self._reached.is_set():
             return
-        bucket = self._root.split("/", 1)[0]
         self.requests.add("get")
         probe = self._probe()
         try:
-            probe.info(bucket)
+            probe.info(self._bucket)
         except FileNotFoundError as exc:
             raise MissingLocationError(
                 url=self.url, role="the rendezvous bucket", detail=str(exc)[:200]
@@ -292,3 +301,4 @@ class BlobStore:
             ) from exc
         except Exception as exc:  # botocore's connection errors are not OSErrors
             raise StorageUnreachableError(url=self.url, detail=str(exc)[:300]) from exc
+        self._reached.set()
