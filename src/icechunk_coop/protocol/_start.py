@@ -26,13 +26,15 @@ import attrs
 
 from icechunk_coop.errors import JobNameReusedError
 from icechunk_coop.protocol._context import JobContext
-from icechunk_coop.wire._markers import Committed
+from icechunk_coop.wire import _codec as codec
+from icechunk_coop.wire._markers import Committed, Failure
 from icechunk_coop.wire._records import (
     COMMITTED,
     PLAN,
     SETUP,
     Plan,
     Record,
+    Result,
     Setup,
     result_name,
 )
@@ -149,18 +151,19 @@ def warm(ctx: JobContext) -> Warming:
     """Start building the job's clients in the background, ahead of :func:`begin`.
 
     A botocore client costs 0.1-0.5 s of CPU to build and as much again on
-    its first request, and opening an Icechunk repository two reads (its
-    config and its refs): done while the job is built, the worker's first
-    batch of reads goes out at once on a client that has already answered
-    (which also proves the bucket reachable), and
-    worker 0's setup (which every other worker waits on) starts with
-    requests, not with building clients. Best effort: :func:`begin` raises
-    whatever still fails.
+    its first request, opening an Icechunk repository two reads (its config
+    and its refs), and cattrs writes a record's hooks at its first use. Done
+    while the job is built, the worker's first batch of reads goes out at
+    once on a client that has already answered (which also proves the bucket
+    reachable), and worker 0's setup (which every other worker waits on)
+    starts with requests, not with building clients. Best effort:
+    :func:`begin` raises whatever still fails.
     """
 
     def meeting() -> None:
         with contextlib.suppress(Exception):
             ctx.meeting.connect()
+        codec.prepare(Committed, Setup, Plan, Result, Failure)
 
     def drivers() -> None:
         for driver in ctx.drivers:

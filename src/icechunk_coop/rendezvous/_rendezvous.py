@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Blobs read per batch while the previous batch is being opened (a few rounds of
 #: FETCH_CONCURRENCY concurrent GETs each).
 _FETCH_BATCH = 4 * FETCH_CONCURRENCY
+#: How often a wait for one blob also asks for its failure marker (and ``unless``), seconds.
+MARKERS_EVERY = 1.0
 
 
 class WaitInterrupted(Exception):  # noqa: N818 - a signal between layers, not an error
@@ -252,17 +254,27 @@ class Rendezvous:
     ) -> Any:
         """Wait until ``name`` is published and return its verified content.
 
-        Each poll costs two GET-class requests (the blob and its failure
-        marker), three with ``unless``: if the blob ``unless`` appears
-        meanwhile, the wait ends with :class:`WaitInterrupted` (a job that
-        committed ends every wait of its workers). They are sent at once, so
-        a poll takes one round trip.
+        A poll is one GET of the blob; at most every :data:`MARKERS_EVERY`
+        seconds (so on every poll once the policy's pauses are that long) it
+        also asks for the blob's failure marker and, with ``unless``, that
+        blob: if ``unless`` appears meanwhile, the wait ends with
+        :class:`WaitInterrupted` (a job that committed ends every wait of its
+        workers). They are sent at once, so a poll takes one round trip. The
+        first polls come tens of milliseconds apart, for the blob that every
+        waiting worker needs at once; a failure or a commit is noticed within
+        a second, which is what asking for them at the same pace would cost
+        two requests more a poll for.
         """
         check_name(name)
         probes = [failure_name(name), *([unless] if unless else [])]
+        asked = [-MARKERS_EVERY]  # when the markers were last asked (monotonic)
 
         def probe() -> tuple[Any] | None:
-            opened, present = self.read_many({name: content}, probe=probes)
+            now = time.monotonic()
+            due = now - asked[0] >= MARKERS_EVERY
+            if due:
+                asked[0] = now
+            opened, present = self.read_many({name: content}, probe=probes if due else ())
             if name in opened:
                 return (opened[name],)
             if failure_name(name) in present:
