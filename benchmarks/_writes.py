@@ -40,6 +40,8 @@ class WriteConfig:
     max_interval: float
     timeout: float = 900.0
     release_at: float = 0.0
+    #: End each worker with ``os._exit`` once it has reported (see ``write_worker.py``).
+    quick_exit: bool = False
 
 
 def _repo(s3: S3, url: str) -> icechunk.Repository:
@@ -109,6 +111,7 @@ def run_write(s3: S3, strategy: str, workers: int, cfg: WriteConfig) -> dict[str
         str(cfg.timeout),
         "--release-at",
         str(cfg.release_at),
+        *(["--quick-exit"] if cfg.quick_exit else []),
     ]
     with tempfile.TemporaryDirectory(prefix="bench-") as logs:
         procs: list[tuple[subprocess.Popen[bytes], Path]] = []

@@ -34,6 +34,12 @@ Workers tell their requests apart by their access key: worker i signs with
 logs who sent what, when. Workers are processes at every N (64 fit in memory
 here; their start-up, 1-2 s of CPU each, is before the release).
 
+Each worker ends with ``os._exit`` once it has reported (``--exits normal``
+for the interpreter's own teardown: 0.15-0.25 s of CPU a worker for numpy,
+zarr, icechunk and botocore, which on two cores the workers that published
+first take from the last one while it merges and commits; in pods each
+spends its own).
+
     uv run python benchmarks/critical.py --quick   # N = 8, one run (~40 s)
     uv run python benchmarks/critical.py           # N = 2, 8, 32, 64; 0 and 20 ms
 """
@@ -73,10 +79,11 @@ def committed_at(s3: S3, row: dict[str, Any]) -> float:
     return Committed.from_wire(wire, rv.location(COMMITTED)).at
 
 
-def one_run(s3: S3, workers: int, seconds: float, startup: float) -> dict[str, Any]:
+def one_run(s3: S3, workers: int, seconds: float, startup: float, *,
+            quick_exit: bool = True) -> dict[str, Any]:  # fmt: skip
     release = time.time() + startup
     cfg = WriteConfig(rows=workers, cols=1000, row_seconds=seconds, max_interval=10.0,
-                      timeout=300.0, release_at=release)  # fmt: skip
+                      timeout=300.0, release_at=release, quick_exit=quick_exit)  # fmt: skip
     run = run_write(s3, "coop", workers, cfg)
     if run["failures"] or not run.get("data_ok"):
         raise RuntimeError(f"run failed: {run['failures'] or 'wrong data on main'}")
@@ -129,7 +136,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    labels = [f"N={r['workers']}\n+{r['latency_ms']:g} ms" for r in rows]
+    labels = [f"N={r['workers']}\n+{r['latency_ms']:g} ms\n{r['exit']} exit" for r in rows]
     work = [r["slowest_work_s"] for r in rows]
     over = [r["overhead_median_s"] for r in rows]
     ax.bar(labels, work, label="slowest worker's work", color="tab:green")
@@ -152,6 +159,10 @@ def main() -> int:
     parser.add_argument("--startup", type=float, default=0.0,
                         help="seconds from starting the workers to releasing them "
                              "(default 6 + 1.5 per worker)")  # fmt: skip
+    parser.add_argument("--exits", default="quick",
+                        help="comma-separated: quick (workers end with os._exit once reported), "
+                             "normal (the interpreter's teardown, 0.15-0.25 s of CPU each, "
+                             "while the last worker commits)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="N = 8, one run, 0 ms")
     parser.add_argument("--name", default="critical", help="file name under benchmarks/results")
     args = parser.parse_args()
@@ -162,22 +173,28 @@ def main() -> int:
     rows = []
     for latency in [float(x) for x in args.latency_ms.split(",")]:
         with s3_servers(latency_ms=latency) as s3:
-            for n in [int(x) for x in args.workers.split(",")]:
+            for n, exit_ in [(int(x), e) for x in args.workers.split(",")
+                             for e in args.exits.split(",")]:  # fmt: skip
+                if exit_ not in {"quick", "normal"}:
+                    parser.error(f"--exits: {exit_!r} is neither quick nor normal")
                 startup = args.startup or 6 + 1.5 * n
-                runs = [one_run(s3, n, args.seconds, startup) for _ in range(args.repeat)]
-                row = {**summarise(runs), "latency_ms": latency}
+                runs = [one_run(s3, n, args.seconds, startup, quick_exit=exit_ == "quick")
+                        for _ in range(args.repeat)]  # fmt: skip
+                row = {**summarise(runs), "latency_ms": latency, "exit": exit_}
                 rows.append(row)
-                print(f"N={n} +{latency:g} ms: overhead {row['overhead_median_s']:.2f} s "
+                print(f"N={n} +{latency:g} ms, {exit_} exit: "
+                      f"overhead {row['overhead_median_s']:.2f} s "
                       f"(runs: {', '.join(f'{o:.2f}' for o in row['overheads_s'])}); "
                       f"chain {row['chain']['round_trips']} round trips", flush=True)  # fmt: skip
     print()
     print(
         table(
-            ["N", "ms/request", *PHASES, "chain"],
+            ["N", "ms/request", "exit", *PHASES, "chain"],
             [
                 [
                     r["workers"],
                     f"{r['latency_ms']:g}",
+                    r["exit"],
                     *(_phase(r["chain"]["phases"][p]) for p in PHASES),
                     f"{r['chain']['round_trips']} / {r['chain']['seconds']:.2f} s",
                 ]
@@ -185,10 +202,10 @@ def main() -> int:
             ],
         )
     )
-    headers = ["N", "ms/request", "to outcome s", "slowest work s", "overhead s (median)",
+    headers = ["N", "ms/request", "exit", "to outcome s", "slowest work s", "overhead s (median)",
                "to exit s", "requests", "CPU s (all workers)", "last worker's steps",
                "worker 0's steps"]  # fmt: skip
-    lines = [[r["workers"], f"{r['latency_ms']:g}", cell(r["to_outcome_s"]),
+    lines = [[r["workers"], f"{r['latency_ms']:g}", r["exit"], cell(r["to_outcome_s"]),
               cell(r["slowest_work_s"]), cell(r["overhead_median_s"]), cell(r["to_exit_s"]),
               r["requests"], cell(r["run_cpu_s"], 1),
               ", ".join(f"{k} {v:.2f}" for k, v in r["last_steps_s"].items()),

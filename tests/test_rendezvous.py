@@ -206,6 +206,27 @@ def test_requests_are_counted(make: Make) -> None:
     assert rv.requests.counts["get"] == 2  # one poll: the blob and its failure marker, at once
 
 
+def test_a_waits_early_polls_ask_for_the_blob_alone(make: Make) -> None:
+    """The blob every waiting worker needs is asked for on every poll, its markers once a second.
+
+    The polls here come back to back (a sleep that only counts), so within
+    that second: the first poll asks for the blob, its failure marker and
+    ``unless``; the next five for the blob alone.
+    """
+    rv = make()
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 5:
+            rv.publish("setup", 1)
+
+    policy = WaitPolicy(timeout=30, initial_interval=0.02, max_interval=0.1, sleep=sleep)
+    assert rv.wait_for("setup", policy=policy, unless="committed") == 1
+    # 6 polls of the blob + the marker and ``unless`` once (twice if the polls took over 1 s)
+    assert rv.requests.counts["get"] in {6 + 2, 6 + 4}, rv.requests.counts
+
+
 WORKER = textwrap.dedent(
     """
     import os, sys

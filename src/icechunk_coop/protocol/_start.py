@@ -163,7 +163,8 @@ def warm(ctx: JobContext) -> Warming:
     def meeting() -> None:
         with contextlib.suppress(Exception):
             ctx.meeting.connect()
-        codec.prepare(Committed, Setup, Plan, Result, Failure)
+        with contextlib.suppress(Exception):  # a record's first use would say it better
+            codec.prepare(Committed, Setup, Plan, Result, Failure)
 
     def drivers() -> None:
         for driver in ctx.drivers:
