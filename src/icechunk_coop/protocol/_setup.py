@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from icechunk_coop.protocol import _crash
 from icechunk_coop.protocol._context import Done, JobContext
 from icechunk_coop.protocol._start import Start, clear_own_failures
 from icechunk_coop.rendezvous._meeting import StoredMeeting
+from icechunk_coop.targets._drivers import Staging
 from icechunk_coop.targets._targets import Stores
 from icechunk_coop.wire._markers import Committed
 from icechunk_coop.wire._records import COMMITTED, SETUP, Setup
@@ -67,6 +69,21 @@ def _job_deadline(ctx: JobContext) -> float | None:
     return ctx.meeting.rendezvous.policy.ends_at
 
 
+def _stage_all(ctx: JobContext) -> dict[str, Staging]:
+    """Every target staged at once: the primary and its replicas are independent.
+
+    Staging a target is a few reads (its refs, the ancestry scan); one target
+    after another they were that many round trips per replica on worker 0's
+    setup, which every other worker waits for.
+    """
+    if len(ctx.drivers) == 1:
+        return {ctx.primary.name: ctx.primary.stage(primary=True)}
+    with ThreadPoolExecutor(len(ctx.drivers), thread_name_prefix="icechunk-coop-stage") as pool:
+        staged = [pool.submit(d.stage, primary=d is ctx.primary) for d in ctx.drivers]
+        # The first target's error in target order, as one after another would raise it.
+        return {d.name: s.result() for d, s in zip(ctx.drivers, staged, strict=True)}
+
+
 def publish_setup(
     ctx: JobContext, prepare: Prepare | None, existing: Setup | None = None
 ) -> Setup | Done:
@@ -77,7 +94,7 @@ def publish_setup(
     if existing is not None:
         log.info("%s: reusing the setup already published", ctx.where)
         return existing
-    staging = {d.name: d.stage(primary=d is ctx.primary) for d in ctx.drivers}
+    staging = _stage_all(ctx)
     ctx.pinned.start = start = _decide_start(ctx)
     _crash.reach("before-prepare")
     decision = None
