@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import attrs
@@ -111,3 +115,33 @@ def test_the_users_own_objects_travel_whole() -> None:
     assert result.to_wire()["value"] == {"jobs": (_Theirs(name="job-1"),)}
     assert Setup.from_wire(setup.to_wire(), "x") == setup
     assert Result.from_wire(result.to_wire(), "x") == result
+
+
+PREPARED = textwrap.dedent(
+    """
+    import json, sys
+    from icechunk_coop.wire import _codec
+    from icechunk_coop.wire._markers import Committed, Failure
+    from icechunk_coop.wire._records import Plan, Result, Setup, Writes, ZarrSetup
+    if sys.argv[1] == "ahead":  # what a job does while it is built
+        _codec.prepare(Committed, Setup, Plan, Result, Failure)
+    setup = Setup(token="t", job="j-u", workers_total=2, targets={"z": ZarrSetup(metadata={})})
+    result = Result(token="t", index=1, workers_total=2, forks={}, timeline={"work": (1.0, 2.0)},
+                    writes={"z": Writes(keys={"a/c/1": "d"})})
+    plan = Plan(token="t", results=(result,))
+    same = Plan.from_wire(plan.to_wire(), "x") == plan
+    print(json.dumps([setup.to_wire(), plan.to_wire(), same]))
+    """
+)
+
+
+def test_a_codec_prepared_ahead_writes_what_one_prepared_at_first_use_writes() -> None:
+    """Each in a fresh interpreter, so the hooks really are built by ``prepare`` or by first use."""
+    argv = [sys.executable, "-c", PREPARED]
+    runs = [
+        subprocess.run([*argv, mode], capture_output=True, text=True, check=True).stdout
+        for mode in ("ahead", "first-use")
+    ]
+    assert runs[0] == runs[1]
+    setup, plan, same = json.loads(runs[0])
+    assert setup["format"] and plan["results"][0]["format"] and same
