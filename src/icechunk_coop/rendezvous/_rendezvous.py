@@ -13,6 +13,7 @@ costs.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -262,12 +263,12 @@ class Rendezvous:
         workers). They are sent at once, so a poll takes one round trip. The
         first polls come tens of milliseconds apart, for the blob that every
         waiting worker needs at once; a failure or a commit is noticed within
-        a second, which is what asking for them at the same pace would cost
-        two requests more a poll for.
+        a second, where asking for them at that pace too would triple the
+        early polls' requests (and the store's load while worker 0 prepares).
         """
         check_name(name)
         probes = [failure_name(name), *([unless] if unless else [])]
-        asked = [-MARKERS_EVERY]  # when the markers were last asked (monotonic)
+        asked = [-math.inf]  # when the markers were last asked (monotonic)
 
         def probe() -> tuple[Any] | None:
             now = time.monotonic()
