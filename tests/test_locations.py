@@ -55,8 +55,7 @@ def test_a_bucket_the_warm_up_reached_is_not_probed_again(s3_env: LocalS3, s3_bu
     blobs.check_reachable()
     assert blobs.requests.counts["get"] == 1
     missing = BlobStore(url="s3://no-such-bucket/rv")
-    with pytest.raises(FileNotFoundError):
-        missing.connect()
+    missing.connect()  # best effort: the probe says why
     with pytest.raises(MissingLocationError, match="s3://no-such-bucket/rv"):
         missing.check_reachable()
 

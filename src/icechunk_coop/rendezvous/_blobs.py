@@ -132,6 +132,8 @@ class BlobStore:
         its critical path. The request is a HEAD of the bucket: when it
         answers, the bucket is reachable and :meth:`check_reachable` has
         nothing left to ask (a second client, the probe, is then never built).
+        When it does not, nothing is raised here: :meth:`check_reachable`
+        probes and says why, on a client with short timeouts.
         """
         if isinstance(self._fs, LocalFileSystem | MemoryFileSystem):
             return
@@ -139,7 +141,10 @@ class BlobStore:
         if callable(connect):
             connect()
         self.requests.add("get")
-        self._fs.info(self._bucket)
+        try:
+            self._fs.info(self._bucket)
+        except Exception:  # told by check_reachable, not here
+            return
         self._reached.set()
 
     @property

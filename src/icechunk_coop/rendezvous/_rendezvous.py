@@ -206,7 +206,10 @@ class Rendezvous:
         self._blobs.remove_all(keep=keep)
 
     def connect(self) -> None:
-        """Build the storage clients ahead of the first request (see ``BlobStore.connect``)."""
+        """Build the storage client and send it a first request, ahead of the job's reads.
+
+        Best effort: a failure is reported by :meth:`check_reachable`, not here.
+        """
         self._blobs.connect()
 
     def check_reachable(self) -> None:
