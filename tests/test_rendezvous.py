@@ -227,6 +227,22 @@ def test_a_waits_early_polls_ask_for_the_blob_alone(make: Make) -> None:
     assert rv.requests.counts["get"] in {6 + 2, 6 + 4}, rv.requests.counts
 
 
+def test_a_wait_told_its_caller_just_read_the_blob_pauses_before_asking(make: Make) -> None:
+    """A worker's start has just read the setup: its wait sends nothing before the first pause."""
+    rv = make()
+    gets_at_pause: list[int] = []
+
+    def sleep(seconds: float) -> None:
+        gets_at_pause.append(rv.requests.counts["get"])
+        if len(gets_at_pause) == 2:
+            rv.publish("setup", 1)
+
+    policy = WaitPolicy(timeout=30, initial_interval=0.02, max_interval=0.1, sleep=sleep)
+    assert rv.wait_for("setup", policy=policy, just_read=True) == 1
+    assert gets_at_pause[0] == 0
+    assert gets_at_pause[1] == 2  # then the blob and its failure marker, at once
+
+
 WORKER = textwrap.dedent(
     """
     import os, sys

@@ -131,8 +131,13 @@ def publish_setup(
 
 
 def load_setup(ctx: JobContext) -> Setup:
-    """Every other worker: wait for the setup (ends early if the job fails or commits)."""
-    return ctx.meeting.wait_for(SETUP, Setup)
+    """Every other worker: wait for the setup (ends early if the job fails or commits).
+
+    The worker's start has just read the setup and found none: the wait does
+    not ask again at once (with every waiting worker asking, that was a
+    quarter of what the store served while worker 0 prepared).
+    """
+    return ctx.meeting.wait_for(SETUP, Setup, just_read=True)
 
 
 def _check(ctx: JobContext, record: Setup) -> Setup:

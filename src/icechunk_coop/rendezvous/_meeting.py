@@ -65,7 +65,9 @@ class MeetingPoint(Protocol):
         """In one round trip: the records present, and which of ``failures`` have a marker."""
         ...
 
-    def wait_for(self, name: str, kind: type[R]) -> R: ...
+    def wait_for(self, name: str, kind: type[R], *, just_read: bool = False) -> R:
+        """The record of ``name`` once published; ``just_read``: the caller just found none."""
+        ...
 
     def wait_for_all(
         self,
@@ -155,13 +157,13 @@ class StoredMeeting:
         self.read(COMMITTED, Committed)
         return _committed(self.job_id)
 
-    def wait_for(self, name: str, kind: type[R]) -> R:
+    def wait_for(self, name: str, kind: type[R], *, just_read: bool = False) -> R:
         # Every worker but one waits for the setup at once: spread their first polls.
         me = self.identity
         policy = None if me is None else self.rendezvous.policy.for_crowd(me.workers_total - 1)
         try:
             wire = self.rendezvous.wait_for(
-                name, content=kind.CONTENT, unless=COMMITTED, policy=policy
+                name, content=kind.CONTENT, unless=COMMITTED, policy=policy, just_read=just_read
             )
         except WaitInterrupted:
             raise self._verified_commit() from None
@@ -263,7 +265,7 @@ class InProcessMeeting:
         records = {name: record for name, record in found.items() if record is not None}
         return records, {name for name in failures if name in self._failures}
 
-    def wait_for(self, name: str, kind: type[R]) -> R:
+    def wait_for(self, name: str, kind: type[R], *, just_read: bool = False) -> R:
         return self.wait_for_all([name], kind)[name]
 
     def wait_for_all(

@@ -255,8 +255,13 @@ class Rendezvous:
         content: Content = "json",
         policy: WaitPolicy | None = None,
         unless: str | None = None,
+        just_read: bool = False,
     ) -> Any:
         """Wait until ``name`` is published and return its verified content.
+
+        ``just_read``: the caller has just read ``name`` and found nothing (a
+        worker's start reads the setup), so the first poll waits for the
+        policy's first pause instead of asking again at once.
 
         A poll is one GET of the blob; at most every :data:`MARKERS_EVERY`
         seconds (so on every poll once the policy's pauses are that long) it
@@ -272,8 +277,12 @@ class Rendezvous:
         check_name(name)
         probes = [failure_name(name), *([unless] if unless else [])]
         asked = [-math.inf]  # when the markers were last asked (monotonic)
+        skip = [just_read]
 
         def probe() -> tuple[Any] | None:
+            if skip[0]:  # a first poll that sends nothing: the first pause follows
+                skip[0] = False
+                return None
             now = time.monotonic()
             due = now - asked[0] >= MARKERS_EVERY
             if due:
