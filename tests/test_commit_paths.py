@@ -19,6 +19,7 @@ import zarr
 from conftest import JobFactory
 from icechunk_coop import (
     CooperativeJob,
+    IcechunkTarget,
     Stores,
     WorkerOutcome,
     commit_merged,
@@ -26,6 +27,7 @@ from icechunk_coop import (
     get_merged_sessions,
 )
 from icechunk_coop.errors import BranchKeptMovingError
+from icechunk_coop.targets import driver_for
 from icechunk_coop.testing import at_crash_point, job_commits
 from icechunk_coop.wire._records import COMMITTED
 
@@ -233,3 +235,24 @@ def test_a_callers_finalized_merge_is_never_committed_again_without_its_finalize
     root = zarr.open_group(repo(tmp_path).readonly_session("main").store, mode="r")
     assert history(tmp_path)[0] == snapshots["primary"]
     assert list(root["a"][:]) == [1, 2] and root["a"].attrs["final"] and root.attrs["other"] == 1
+
+
+def test_worker_0s_session_is_opened_beside_its_start_and_staged_from(tmp_path: Path) -> None:
+    """``prestage`` opens worker 0's session while the start reads; staging forks from it.
+
+    Its base is the tip when the start looked, as a session opened in the
+    staging step would be a moment later: a commit landing in between is
+    below neither, and the commit's compare-and-set from that base (tested
+    above) is what keeps it.
+    """
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    repo = icechunk.Repository.create(storage)
+    first = repo.lookup_branch("main")
+    driver = driver_for(IcechunkTarget(name="primary", storage=storage), job_id="j-u",
+                        meeting=None, scan=10)  # type: ignore[arg-type]  # fmt: skip
+    driver.prestage()
+    another = repo.writable_session("main")
+    zarr.create_array(another.store, name="b", shape=(2,), chunks=(1,), dtype="i4")
+    moved = another.commit("another writer, after the start looked")
+    assert driver.stage(primary=True).base == first
+    assert driver.stage(primary=True).base == moved  # no session left: staging reads the tip

@@ -12,7 +12,8 @@ the worker's own stale failure markers are withdrawn in the same batch.
 Only the scan of the primary for the job's own commit depends on another
 answer (it runs down to the setup's base), so it follows the setup's read
 in the same thread. Worker 0 skips it when there is no setup: staging the
-primary makes the same check on the very snapshot it forks from.
+primary makes the same check on the very snapshot it forks from. Worker 0
+also opens its staging's sessions beside these reads (``prestage``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import attrs
@@ -207,9 +209,13 @@ def begin(ctx: JobContext, warming: Warming | None = None) -> Start:
         def connect() -> None:
             if warming is not None:
                 warming.drivers.join()
-                return
-            for driver in ctx.drivers:
-                driver.connect()
+            else:
+                for driver in ctx.drivers:
+                    driver.connect()
+            if ctx.identity.is_first:  # its staging's first reads, beside the start's
+                drivers = ctx.drivers
+                with ThreadPoolExecutor(len(drivers), thread_name_prefix="icechunk-coop") as pool:
+                    list(pool.map(lambda driver: driver.prestage(), drivers))
 
         threads = [
             threading.Thread(target=reads, name="icechunk-coop-start", daemon=True),

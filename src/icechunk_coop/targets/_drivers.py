@@ -132,6 +132,10 @@ class TargetDriver(Protocol):
         """Open the target ahead of the steps that use it (best effort; they raise)."""
         ...
 
+    def prestage(self) -> None:
+        """Worker 0: read what :meth:`stage` reads first, beside the start's reads (best effort)."""
+        ...
+
     def find_commit(self, base: str | None) -> str | None:
         """This job's commit on the target, searched down to ``base``."""
         ...

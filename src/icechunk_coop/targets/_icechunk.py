@@ -123,6 +123,9 @@ class IcechunkDriver:
     _opened: list[icechunk.Repository] = attrs.field(factory=list, init=False, eq=False, repr=False)
     #: Opening happens once, whichever thread comes first (warming up, the start's scan).
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, eq=False, repr=False)
+    #: Worker 0's session on the target branch, opened beside the start's reads (``prestage``).
+    _prestaged: list[icechunk.Session] = attrs.field(factory=list, init=False, eq=False,
+                                                     repr=False)  # fmt: skip
 
     @property
     def name(self) -> str:
@@ -157,6 +160,23 @@ class IcechunkDriver:
         # failure is left to the step that needs the repository: it says so clearly.
         with contextlib.suppress(Exception):
             self._open(create=False)
+
+    def prestage(self) -> None:
+        """Open worker 0's session on the target branch while the start's reads run.
+
+        A writable session reads the repository's refs twice, one read after
+        the other: two round trips on the setup every other worker waits
+        for, which need not wait for the start's answer. Nothing is written;
+        when the start finds the job set up or committed, the session is
+        dropped. Its base is read beside the start's look for the
+        ``committed`` marker rather than after it, which changes nothing
+        the base is trusted for: a job committed after the base was read
+        is still found, by publishing the setup once (``publish_setup``) and
+        by the commit's compare-and-set from that base.
+        """
+        with contextlib.suppress(Exception):  # staging opens it again and says what fails
+            session = self._open(create=False).writable_session(self.target.branch)
+            self._prestaged.append(session)
 
     def find_commit(self, base: str | None) -> str | None:
         try:
@@ -216,7 +236,9 @@ class IcechunkDriver:
         # A clean fork of the target branch: its base S0 is the snapshot the
         # session read, so nothing can slip in between reading S0 and forking.
         # Worker 0 moves no ref at all, so two copies of it cannot trip each other.
-        session = repo.writable_session(self.target.branch)
+        session = (
+            self._prestaged.pop() if self._prestaged else repo.writable_session(self.target.branch)
+        )
         base = session.snapshot_id
         if primary:
             # A twin of this worker may have finished the whole job after our

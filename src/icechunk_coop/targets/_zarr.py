@@ -115,6 +115,9 @@ class ZarrDriver:
     def connect(self) -> None:
         return None  # a zarr store opens in no time; nothing to do ahead
 
+    def prestage(self) -> None:
+        return None  # staging reads nothing from the store
+
     def find_commit(self, base: str | None) -> str | None:
         marker = self.meeting.read(committed_name(self.name), ZarrCommitted)
         return None if marker is None else ZARR_COMMIT
