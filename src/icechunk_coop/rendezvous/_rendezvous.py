@@ -259,34 +259,28 @@ class Rendezvous:
     ) -> Any:
         """Wait until ``name`` is published and return its verified content.
 
+        A poll is one GET of the blob; at most every :data:`MARKERS_EVERY`
+        seconds it also asks for the blob's failure marker and, with
+        ``unless``, that blob (if it appears, the wait ends with
+        :class:`WaitInterrupted`: a job that committed ends every wait of its
+        workers), in the same round trip. The first polls come tens of
+        milliseconds apart, for the blob every waiting worker needs; asking
+        for the markers at that pace too would triple their requests, and a
+        failure or a commit is noticed within a second all the same.
         ``just_read``: the caller has just read ``name`` and found nothing (a
         worker's start reads the setup), so the first poll waits for the
-        policy's first pause instead of asking again at once.
-
-        A poll is one GET of the blob; at most every :data:`MARKERS_EVERY`
-        seconds (so on every poll once the policy's pauses are that long) it
-        also asks for the blob's failure marker and, with ``unless``, that
-        blob: if ``unless`` appears meanwhile, the wait ends with
-        :class:`WaitInterrupted` (a job that committed ends every wait of its
-        workers). They are sent at once, so a poll takes one round trip. The
-        first polls come tens of milliseconds apart, for the blob that every
-        waiting worker needs at once; a failure or a commit is noticed within
-        a second, where asking for them at that pace too would triple the
-        early polls' requests (and the store's load while worker 0 prepares).
+        policy's first pause.
         """
         check_name(name)
         probes = [failure_name(name), *([unless] if unless else [])]
-        asked = [-math.inf]  # when the markers were last asked (monotonic)
-        skip = [just_read]
+        asked = -math.inf  # when the markers were last asked (monotonic)
 
         def probe() -> tuple[Any] | None:
-            if skip[0]:  # a first poll that sends nothing: the first pause follows
-                skip[0] = False
-                return None
+            nonlocal asked
             now = time.monotonic()
-            due = now - asked[0] >= MARKERS_EVERY
+            due = now - asked >= MARKERS_EVERY
             if due:
-                asked[0] = now
+                asked = now
             opened, present = self.read_many({name: content}, probe=probes if due else ())
             if name in opened:
                 return (opened[name],)
@@ -307,7 +301,7 @@ class Rendezvous:
             )
 
         log.info("waiting for %s", self.location(name))
-        return poll_until(probe, policy or self.policy, timeout)[0]
+        return poll_until(probe, policy or self.policy, timeout, pause_first=just_read)[0]
 
     def _fetched(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
         """The blobs of ``names`` that exist, fetched a batch ahead of the caller.

@@ -286,16 +286,37 @@ def _within[T](probe: Callable[[], T], seconds: float) -> T:
     return outcome[0]
 
 
+def _after_one_miss[T](probe: Callable[[], T | None]) -> Callable[[], T | None]:
+    """``probe``, but its first call answers None (a miss) without probing."""
+    first = True
+
+    def probe_later() -> T | None:
+        nonlocal first
+        if first:
+            first = False
+            return None
+        return probe()
+
+    return probe_later
+
+
 def poll_until[T](
-    probe: Callable[[], T | None], policy: WaitPolicy, on_timeout: Callable[[float], Exception]
+    probe: Callable[[], T | None],
+    policy: WaitPolicy,
+    on_timeout: Callable[[float], Exception],
+    *,
+    pause_first: bool = False,
 ) -> T:
     """Call ``probe`` until it returns something other than None.
 
     ``probe`` may raise to stop the wait early (a failure marker was seen).
     When the deadline passes, ``on_timeout(seconds_waited)`` builds the error,
     also when a probe is still running then (a store retrying a failing
-    request inside its client).
+    request inside its client). ``pause_first``: the caller has just looked,
+    so the first probe comes after the policy's first pause, not at once.
     """
+    if pause_first:
+        probe = _after_one_miss(probe)
     started = time.monotonic()
     timeout = policy.remaining()
     deadline = started + timeout
