@@ -23,8 +23,8 @@ from icechunk_coop.errors import (
     PayloadError,
 )
 from icechunk_coop.protocol import _crash
-from icechunk_coop.protocol._context import Done, JobContext, summary
-from icechunk_coop.protocol._finalize import Finalize, Merged, Message, each, merge
+from icechunk_coop.protocol._context import Done, JobContext, each, summary
+from icechunk_coop.protocol._finalize import Finalize, Merged, Message, merge
 from icechunk_coop.targets._drivers import BranchMoved
 from icechunk_coop.wire._markers import Committed
 from icechunk_coop.wire._records import COMMITTED, Result, Setup

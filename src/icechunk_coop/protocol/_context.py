@@ -14,6 +14,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,12 +37,26 @@ __all__ = [
     "Markers",
     "Pinned",
     "StepClock",
+    "each",
     "failure_markers",
     "meeting_for",
     "summary",
 ]
 
 log = logging.getLogger("icechunk_coop.protocol")
+
+
+def each[T, R](fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``fn`` on every item at once (one thread each), results in order; the first error raised.
+
+    For a step's round trips that do not depend on each other (one per
+    target: staging, the finalizer's checks and rebases): with a replica or
+    two they cost one round trip, not one each.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="icechunk-coop") as pool:
+        return list(pool.map(fn, items))
 
 
 def summary(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from icechunk_coop.errors import (
     WorkersTotalMismatchError,
 )
 from icechunk_coop.protocol import _crash
-from icechunk_coop.protocol._context import Done, JobContext
+from icechunk_coop.protocol._context import Done, JobContext, each
 from icechunk_coop.protocol._setup import stores_of
 from icechunk_coop.targets._drivers import Merge
 from icechunk_coop.targets._overlap import OverlapCheck
@@ -35,7 +35,6 @@ __all__ = [
     "Merged",
     "Message",
     "collect_and_merge",
-    "each",
     "merge",
     "pin_and_merge",
     "pin_plan",
@@ -62,18 +61,6 @@ class Merged:
     def results(self) -> list[Any]:
         """What every worker's ``work`` returned, in index order."""
         return [r.value for r in self.plan]
-
-
-def each[T, R](fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """``fn`` on every item at once (one thread each), results in order; the first error raised.
-
-    For the finalizer's round trips that do not depend on each other (one per
-    target): with a replica or two they cost one round trip, not one each.
-    """
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="icechunk-coop") as pool:
-        return list(pool.map(fn, items))
 
 
 def _check_result(ctx: JobContext, setup: Setup, index: int, result: Result) -> None:

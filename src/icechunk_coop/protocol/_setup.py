@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +21,7 @@ from icechunk_coop.errors import (
 )
 from icechunk_coop.identity._start import as_utc
 from icechunk_coop.protocol import _crash
-from icechunk_coop.protocol._context import Done, JobContext
+from icechunk_coop.protocol._context import Done, JobContext, each
 from icechunk_coop.protocol._start import Start, clear_own_failures
 from icechunk_coop.rendezvous._meeting import StoredMeeting
 from icechunk_coop.targets._drivers import Staging
@@ -76,12 +75,8 @@ def _stage_all(ctx: JobContext) -> dict[str, Staging]:
     after another they were that many round trips per replica on worker 0's
     setup, which every other worker waits for.
     """
-    if len(ctx.drivers) == 1:
-        return {ctx.primary.name: ctx.primary.stage(primary=True)}
-    with ThreadPoolExecutor(len(ctx.drivers), thread_name_prefix="icechunk-coop-stage") as pool:
-        staged = [pool.submit(d.stage, primary=d is ctx.primary) for d in ctx.drivers]
-        # The first target's error in target order, as one after another would raise it.
-        return {d.name: s.result() for d, s in zip(ctx.drivers, staged, strict=True)}
+    staged = each(lambda d: d.stage(primary=d is ctx.primary), ctx.drivers)
+    return {d.name: s for d, s in zip(ctx.drivers, staged, strict=True)}
 
 
 def publish_setup(

@@ -21,13 +21,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import attrs
 
 from icechunk_coop.errors import JobNameReusedError
-from icechunk_coop.protocol._context import JobContext
+from icechunk_coop.protocol._context import JobContext, each
 from icechunk_coop.wire import _codec as codec
 from icechunk_coop.wire._markers import Committed, Failure
 from icechunk_coop.wire._records import (
@@ -213,9 +212,7 @@ def begin(ctx: JobContext, warming: Warming | None = None) -> Start:
                 for driver in ctx.drivers:
                     driver.connect()
             if ctx.identity.is_first:  # its staging's first reads, beside the start's
-                drivers = ctx.drivers
-                with ThreadPoolExecutor(len(drivers), thread_name_prefix="icechunk-coop") as pool:
-                    list(pool.map(lambda driver: driver.prestage(), drivers))
+                each(lambda driver: driver.prestage(), ctx.drivers)
 
         threads = [
             threading.Thread(target=reads, name="icechunk-coop-start", daemon=True),
