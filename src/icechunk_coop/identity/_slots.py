@@ -253,8 +253,7 @@ def _volcano(env: Env) -> Slot:
 
 
 def _aws_batch(env: Env) -> Slot:
-    var = "AWS_BATCH_JOB_ARRAY_INDEX"
-    index, total = _counted(env, var, "AWS_BATCH_JOB_ARRAY_SIZE")
+    index, total = _counted(env, "AWS_BATCH_JOB_ARRAY_INDEX", "AWS_BATCH_JOB_ARRAY_SIZE")
     name = None
     job_id = env.get("AWS_BATCH_JOB_ID")
     if job_id is not None:
@@ -273,8 +272,7 @@ def _aws_batch(env: Env) -> Slot:
 
 
 def _cloud_run(env: Env) -> Slot:
-    var = "CLOUD_RUN_TASK_INDEX"
-    index, total = _counted(env, var, "CLOUD_RUN_TASK_COUNT")
+    index, total = _counted(env, "CLOUD_RUN_TASK_INDEX", "CLOUD_RUN_TASK_COUNT")
     return Slot(
         orchestrator="cloud-run",
         index=index,
@@ -287,8 +285,7 @@ def _cloud_run(env: Env) -> Slot:
 
 
 def _google_batch(env: Env) -> Slot:
-    var = "BATCH_TASK_INDEX"
-    index, total = _counted(env, var, "BATCH_TASK_COUNT")
+    index, total = _counted(env, "BATCH_TASK_INDEX", "BATCH_TASK_COUNT")
     return Slot(
         orchestrator="google-batch",
         index=index,
