@@ -28,9 +28,12 @@ dataset once, by worker 0, and pinned for every worker.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -85,6 +88,25 @@ class Source:
 
 SOURCE = Source()
 
+
+@functools.cache
+def _start_importing_xarray() -> None:
+    """Import xarray on a thread, once: the first job overlaps it with its download.
+
+    xarray and pandas cost a worker about half a second of CPU to import (two
+    seconds on a busy node). Not imported at the top: a worker whose sources
+    are all missing (or that only finalizes a pinned plan) never needs them.
+    The job's own ``import`` waits for the thread's (Python's import lock) or
+    finds it done; a failed import is left for it to raise.
+    """
+
+    def run() -> None:
+        with contextlib.suppress(ImportError):
+            import xarray  # noqa: F401
+
+    threading.Thread(target=run, name="import-xarray", daemon=True).start()
+
+
 # Bad input, a refused blob, a conflict: running this pod again cannot help. The
 # same code as argparse's usage errors, so one podFailurePolicy rule (FailIndex on
 # exit code 2) covers both; everything else exits 1 and is retried.
@@ -127,13 +149,11 @@ class ForecastRegionJob(RegionJob):
 
     def process(self, primary_store: Store, replica_stores: Sequence[Store]) -> Any:
         init = init_time(self.index)
+        _start_importing_xarray()
         SOURCE.download()  # at this worker's speed, whoever built the job list
         if init + PUBLICATION_DELAY > self.now:
             return {"index": self.index, "found": False}
-        # Imported here, not at the top: xarray and pandas cost a worker about two
-        # seconds of start-up, and a worker whose sources are all missing (or that
-        # only finalizes a pinned plan) never needs them.
-        import xarray as xr
+        import xarray as xr  # see _start_importing_xarray
 
         ds = xr.Dataset(
             {
