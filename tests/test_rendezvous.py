@@ -228,19 +228,34 @@ def test_a_waits_early_polls_ask_for_the_blob_alone(make: Make) -> None:
 
 
 def test_a_wait_told_its_caller_just_read_the_blob_pauses_before_asking(make: Make) -> None:
-    """A worker's start has just read the setup: its wait sends nothing before the first pause."""
+    """A worker's start has just read the setup: its wait sends nothing before the first pause.
+
+    Nor does it ask for the markers (the start read ``committed``) within the
+    next second: the polls that find the setup are one GET each.
+    """
     rv = make()
     gets_at_pause: list[int] = []
 
     def sleep(seconds: float) -> None:
         gets_at_pause.append(rv.requests.counts["get"])
-        if len(gets_at_pause) == 2:
+        if len(gets_at_pause) == 3:
             rv.publish("setup", 1)
 
     policy = WaitPolicy(timeout=30, initial_interval=0.02, max_interval=0.1, sleep=sleep)
-    assert rv.wait_for("setup", policy=policy, just_read=True) == 1
-    assert gets_at_pause[0] == 0
-    assert gets_at_pause[1] == 2  # then the blob and its failure marker, at once
+    assert rv.wait_for("setup", policy=policy, just_read=True, unless="committed") == 1
+    assert gets_at_pause == [0, 1, 2]  # (the pauses only count: the three polls take ms)
+    assert rv.requests.counts["get"] == 3  # the blob alone, three times
+
+
+def test_a_wait_told_its_caller_just_read_still_ends_on_a_failure(
+    make: Make,
+) -> None:
+    """The markers a just-read wait skips at first are asked a second later: a failure ends it."""
+    rv = make()
+    rv.mark_failed("setup", "worker 0 died")
+    policy = WaitPolicy(timeout=30, initial_interval=0.02, max_interval=0.1)
+    with pytest.raises(WorkerFailedError, match="worker 0 died"):
+        rv.wait_for("setup", policy=policy, just_read=True)
 
 
 WORKER = textwrap.dedent(

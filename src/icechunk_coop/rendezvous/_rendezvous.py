@@ -267,13 +267,16 @@ class Rendezvous:
         milliseconds apart, for the blob every waiting worker needs; asking
         for the markers at that pace too would triple their requests, and a
         failure or a commit is noticed within a second all the same.
-        ``just_read``: the caller has just read ``name`` and found nothing (a
-        worker's start reads the setup), so the first poll waits for the
-        policy's first pause.
+        ``just_read``: the caller has just read ``name`` and ``unless`` and
+        found neither (a worker's start reads the setup and ``committed``), so
+        the first poll waits for the policy's first pause and the markers are
+        first asked a second later: a setup that lands within the second (the
+        usual case) costs each waiting worker its GETs of the setup alone.
         """
         check_name(name)
         probes = [failure_name(name), *([unless] if unless else [])]
-        asked = -math.inf  # when the markers were last asked (monotonic)
+        # When the markers were last asked (monotonic); a caller that just read counts.
+        asked = time.monotonic() if just_read else -math.inf
 
         def probe() -> tuple[Any] | None:
             nonlocal asked
