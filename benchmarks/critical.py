@@ -155,7 +155,7 @@ def cpu_floor(row: dict[str, Any]) -> float:
     waiting on requests; with a core per worker and a real object store
     (whose CPU is not the job's) it shrinks to the last worker's own.
     """
-    return (row["run_cpu_s"] + row["servers_cpu_s"]) / (os.cpu_count() or 1)
+    return float(row["run_cpu_s"] + row["servers_cpu_s"]) / (os.cpu_count() or 1)
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
