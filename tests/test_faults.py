@@ -24,9 +24,10 @@ import pytest
 import s3fs
 import zarr
 
-from icechunk_coop import icechunk_storage
+from icechunk_coop import IcechunkTarget, icechunk_storage
 from icechunk_coop.errors import StorageUnreachableError
 from icechunk_coop.rendezvous._blobs import BlobStore
+from icechunk_coop.targets import driver_for
 from icechunk_coop.testing import FaultProxy, LocalS3, fault_proxy, job_commits, start_workers
 from schedules import Reader, expected_temp, final_error, is_clear
 
@@ -277,6 +278,28 @@ def test_icechunk_commit_whose_reply_was_lost_is_known_to_have_landed(
     assert direct.lookup_branch("main") == snapshot
     root = zarr.open_group(direct.readonly_session("main").store, mode="r")
     assert dict(root.attrs) == {"answer": 42}
+
+
+def test_a_workers_scan_of_the_primary_reads_its_refs_once(
+    proxy: FaultProxy, moto_server: LocalS3, s3_bucket: str, s3_env: LocalS3
+) -> None:
+    """A worker's start looks for its job's commit with one read of the refs, not two.
+
+    The look runs on every worker at once as the job starts; the branch's
+    history read with the branch (``ancestry(branch=...)``) costs one request
+    where looking its tip up and then the tip's history cost two. Counted by
+    the proxy (no faults: it forwards everything).
+    """
+    url = f"s3://{s3_bucket}/repo"
+    icechunk.Repository.create(icechunk_storage(url, moto_server.env))
+    target = IcechunkTarget(name="primary", storage=icechunk_storage(url, proxy.env))
+    driver = driver_for(target, job_id="j-u", meeting=None, scan=10)  # type: ignore[arg-type]
+    driver.connect()  # the warm-up opens the repository
+    before = proxy.counts()["requests"]
+    assert driver.find_commit(None) is None
+    assert proxy.counts()["requests"] - before == 1
+    missing = IcechunkTarget(name="primary", storage=icechunk_storage(url + "-none", proxy.env))
+    assert driver_for(missing, job_id="j-u", meeting=None, scan=10).find_commit(None) is None  # type: ignore[arg-type]
 
 
 # ---- (b) and (c): cooperative jobs of real worker processes through the proxy -------------

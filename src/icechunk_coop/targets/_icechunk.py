@@ -37,6 +37,7 @@ from icechunk_coop.wire._ledger import (
     find_job_commit,
     find_job_snapshot,
     job_branch_prefix,
+    job_snapshot_in,
 )
 from icechunk_coop.wire._records import IcechunkSetup, TargetSetup, Writes
 
@@ -180,11 +181,12 @@ class IcechunkDriver:
 
     def find_commit(self, base: str | None) -> str | None:
         try:
-            repo = self._open(create=False)
-            tip = repo.lookup_branch(self.target.branch)
+            # The branch's history with one read of the refs (its tip, then the tip's, is two).
+            history = self._open(create=False).ancestry(branch=self.target.branch)
         except icechunk.IcechunkError:
             return None  # no repository or branch yet: nothing can have been committed
-        return find_job_commit(repo, tip, self.job_id, base, self.scan, self.run_start)
+        found = job_snapshot_in(history, self.job_id, base, self.scan, self.run_start)
+        return None if found is None else str(found.id)
 
     def _finished_by_another(self, refused: icechunk.IcechunkError) -> icechunk.Repository:
         """The repository another creator is finishing, or why there will be none.

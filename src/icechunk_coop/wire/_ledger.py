@@ -12,7 +12,7 @@ tell a dead job's leftovers from anyone else's.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -29,6 +29,7 @@ __all__ = [
     "find_job_snapshot",
     "job_branch_prefix",
     "job_of_branch",
+    "job_snapshot_in",
 ]
 
 METADATA_KEY = "icechunk_coop"
@@ -88,7 +89,23 @@ def find_job_snapshot(
     this run's job start: a commit of the name that records another start
     belongs to an earlier run of the name, not to this one.
     """
-    for n, info in enumerate(repo.ancestry(snapshot_id=tip)):
+    return job_snapshot_in(repo.ancestry(snapshot_id=tip), job_id, base, scan, start)
+
+
+def job_snapshot_in(
+    history: Iterable[icechunk.SnapshotInfo],
+    job_id: str,
+    base: str | None,
+    scan: int = DEFAULT_SCAN,
+    start: str | None = None,
+) -> icechunk.SnapshotInfo | None:
+    """The snapshot ``job_id`` committed in ``history`` (newest first), if any.
+
+    :func:`find_job_snapshot` from a history already opened: a branch's
+    (``repo.ancestry(branch=...)``) costs one read of the refs, where looking
+    its tip up and then the tip's history costs two.
+    """
+    for n, info in enumerate(history):
         if job_of_commit(info.metadata) == job_id and (
             start is None or _start_of_commit(info.metadata) in (None, start)
         ):
