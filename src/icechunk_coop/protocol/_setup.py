@@ -128,12 +128,9 @@ def publish_setup(
 def load_setup(ctx: JobContext) -> Setup:
     """Every other worker: wait for the setup (ends early if the job fails or commits).
 
-    The worker's start has just read the setup and ``committed`` and found
-    neither: the wait does not ask again at once (with every waiting worker
-    asking, that was a quarter of what the store served while worker 0
-    prepared), and asks for the setup's failure marker and ``committed`` a
-    second later, not on its first polls (at N = 64 those were a quarter of
-    the job's requests).
+    ``just_read``: the worker's start has just read the setup and
+    ``committed`` and found neither, so the wait neither asks again at once
+    nor asks for the markers in its first second (see ``Rendezvous.wait_for``).
     """
     return ctx.meeting.wait_for(SETUP, Setup, just_read=True)
 

@@ -66,7 +66,11 @@ class MeetingPoint(Protocol):
         ...
 
     def wait_for(self, name: str, kind: type[R], *, just_read: bool = False) -> R:
-        """The record of ``name`` once published; ``just_read``: the caller just found none."""
+        """The record of ``name`` once published.
+
+        ``just_read``: the caller just found neither it nor ``committed``
+        (see ``Rendezvous.wait_for``).
+        """
         ...
 
     def wait_for_all(

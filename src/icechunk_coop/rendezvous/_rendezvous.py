@@ -268,10 +268,11 @@ class Rendezvous:
         for the markers at that pace too would triple their requests, and a
         failure or a commit is noticed within a second all the same.
         ``just_read``: the caller has just read ``name`` and ``unless`` and
-        found neither (a worker's start reads the setup and ``committed``), so
-        the first poll waits for the policy's first pause and the markers are
-        first asked a second later: a setup that lands within the second (the
-        usual case) costs each waiting worker its GETs of the setup alone.
+        found neither (a worker's start reads the setup and ``committed``):
+        the first poll comes after the policy's first pause and the markers
+        are first asked a second later, so a setup that lands within the
+        second costs each waiting worker its GETs of the setup alone (at
+        N = 64 the markers' GETs were a quarter of a job's requests).
         """
         check_name(name)
         probes = [failure_name(name), *([unless] if unless else [])]
